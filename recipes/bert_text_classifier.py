@@ -1,0 +1,114 @@
+"""Fine-tune a BERT-family encoder on a text classification dataset and export it on raw strings.
+
+Default: the offline all-MiniLM-L6-v2 preset (minilm_l6) on BBC News (5 topics), fine-tuned end to
+end; expect ~98% test accuracy in about 15 minutes on a 2-core CPU.
+
+    python -m recipes.bert_text_classifier
+    python -m recipes.bert_text_classifier --data.name=glue/sst2 --data.test_split=
+    python -m recipes.bert_text_classifier --model.encoder=<dir> --model.preprocessor=<dir>
+"""
+
+import json
+import os
+import sys
+
+import keras
+import tensorflow as tf
+
+import tfpretrain as tp
+from tfpretrain import cli, config as config_lib, files
+
+
+def main(cfg):
+    workdir = os.path.abspath(cfg.workdir)
+    keras.utils.set_random_seed(cfg.train.seed)
+    strategy = tp.build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
+    tp.per_replica_batch_size(cfg.train.global_batch_size, strategy)
+    datasets, label_names = tp.make_text_datasets(cfg.data)
+    with strategy.scope():
+        encoder = tp.load_encoder(cfg.model.encoder, cfg.model.preprocessor, cfg.model.trainable,
+                                  cfg.model.seq_length, cfg.model.pooling)
+        model = tp.build_bert_classifier(encoder.layer, len(label_names), encoder.pooling,
+                                         cfg.model.dropout, seed=cfg.train.seed)
+    seq = encoder.seq_length
+    examples = {s: tp.tokenize_texts(d, encoder.preprocessor, seq).cache() for s, d in datasets.items()}
+    batch = cfg.train.global_batch_size
+
+    def train_batches(epoch, skip):
+        return tp.make_batches(examples["train"], batch, seq, shuffle_seed=cfg.train.seed + epoch,
+                               shuffle_buffer=cfg.data.shuffle_buffer, skip_batches=skip)
+
+    def eval_batches(split):
+        return tp.make_batches(examples[split], batch, seq)
+
+    steps_per_epoch = sum(1 for _ in train_batches(0, 0))  # also fills the tokenisation cache
+    total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+    with strategy.scope():
+        optimizer = tp.build_optimizer(cfg.train, total)
+    trainable = sum(int(tf.size(v)) for v in model.trainable_variables)
+    print(f"replicas {strategy.num_replicas_in_sync} | global batch {batch} | steps/epoch "
+          f"{steps_per_epoch} | total steps {total} | trainable parameters {trainable:,} | "
+          f"encoder {cfg.model.encoder} | seq_length {seq} | labels {label_names}", flush=True)
+    files.write_json(os.path.join(workdir, "config.json"), config_lib.to_dict(cfg))
+    evaluate = (lambda m: _scalars(tp.evaluate_classifier(m, eval_batches("validation"), label_names))
+                ) if "validation" in examples else None
+    state = tp.fit(model, optimizer, train_batches, steps_per_epoch, cfg.train, strategy, workdir,
+                   evaluate=evaluate)
+    results = {"steps": state.step, "train_seconds": round(state.seconds, 1), "best_validation": state.best,
+               "validation_history": state.history, "label_names": label_names}
+    if "test" in examples:
+        test = tp.evaluate_classifier(model, eval_batches("test"), label_names)
+        results["test"] = test
+        print(tp.evaluate.format_report(test, label_names))
+    files.write_json(os.path.join(workdir, "metrics.json"), results)
+    artifacts = {"config": "config.json", "metrics": "metrics.json", "checkpoints": "checkpoints/",
+                 "tensorboard": "logs/"}
+    if cfg.export.enabled:
+        export_dir = os.path.join(workdir, "export")
+        tp.export_text_classifier(model, encoder.preprocessor, label_names, seq, export_dir)
+        artifacts["export"] = "export/"
+        _check_export(model, encoder, export_dir, datasets, seq)
+    _write_model_card(workdir, cfg, results, label_names)
+    artifacts["model card"] = "README.md"
+    _summary(workdir, results, artifacts)
+
+
+def _scalars(metrics):
+    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+
+
+def _check_export(model, encoder, export_dir, datasets, seq):
+    split = "test" if "test" in datasets else "validation"
+    texts = [t.decode() for t, _ in datasets[split].take(8).as_numpy_iterator()]
+    served = tp.serve_in_fresh_process(export_dir, texts)
+    inputs = encoder.preprocessor.bert_pack_inputs([encoder.preprocessor.tokenize(tf.constant(texts))],
+                                                   seq_length=tf.constant(seq))
+    in_memory = tf.nn.softmax(model(inputs, training=False)).numpy()
+    print(f"export check: fresh-process probabilities vs in-memory, max abs diff "
+          f"{abs(served - in_memory).max():.2e} on {len(texts)} {split} texts")
+
+
+def _write_model_card(workdir, cfg, results, label_names):
+    test = results.get("test", {})
+    lines = [f"# Text classifier: {cfg.model.encoder} on {cfg.data.train_file or cfg.data.name}", "",
+             f"- labels: {', '.join(label_names)}", f"- training steps: {results['steps']}",
+             f"- test accuracy: {test.get('accuracy', float('nan')):.4f}, macro F1: {test.get('macro_f1', float('nan')):.4f}",
+             "- serving: `export/`, signature `serving_default(text: string[batch])` → "
+             "`probabilities`, `label_id`, `label`", "",
+             "Reproduce: `python -m recipes.bert_text_classifier --config config.json`", ""]
+    files.write_text(os.path.join(workdir, "README.md"), "\n".join(lines))
+
+
+def _summary(workdir, results, artifacts):
+    print("\nSummary")
+    test = results.get("test")
+    if test:
+        print(f"  test accuracy   {test['accuracy']:.4f}   macro F1 {test['macro_f1']:.4f} "
+              f"  ({test['examples']} examples)")
+    print(f"  steps           {results['steps']} in {results['train_seconds']} s")
+    for name, relative in artifacts.items():
+        print(f"  {name:<15} {os.path.join(workdir, relative)}")
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main, tp.TextClassifierConfig(), description=__doc__))

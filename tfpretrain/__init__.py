@@ -1,0 +1,49 @@
+"""tfpretrain: transfer learning on TensorFlow 2.21 + Keras 3.
+
+Public API (see README.md):
+    load_encoder, HubLayer, load_saved_model, resolve_handle   — pretrained encoders
+    build_bert_classifier, build_classification_head           — models
+    make_text_datasets, tokenize_texts, make_batches           — data
+    build_strategy, fit, build_optimizer                       — training
+    evaluate_classifier, classification_metrics                — evaluation
+    export_text_classifier, serve_in_fresh_process             — export
+    export_bert_encoder, export_bert_preprocessor              — TF Hub-format writers
+"""
+
+from tfpretrain.config import TextClassifierConfig
+from tfpretrain.data.pipeline import make_batches, tokenize_texts
+from tfpretrain.data.text import make_text_datasets
+from tfpretrain.distribute import build_strategy, per_replica_batch_size
+from tfpretrain.encoders.bert import load_encoder
+from tfpretrain.evaluate import classification_metrics, evaluate_classifier
+from tfpretrain.export import export_text_classifier, serve_in_fresh_process
+from tfpretrain.heads import build_classification_head
+from tfpretrain.hub import HubLayer, load_saved_model, resolve_handle
+from tfpretrain.hub_format import export_bert_encoder, export_bert_preprocessor
+from tfpretrain.models import build_bert_classifier
+from tfpretrain.train import build_optimizer, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HubLayer",
+    "TextClassifierConfig",
+    "build_bert_classifier",
+    "build_classification_head",
+    "build_optimizer",
+    "build_strategy",
+    "classification_metrics",
+    "evaluate_classifier",
+    "export_bert_encoder",
+    "export_bert_preprocessor",
+    "export_text_classifier",
+    "fit",
+    "load_encoder",
+    "load_saved_model",
+    "make_batches",
+    "make_text_datasets",
+    "per_replica_batch_size",
+    "resolve_handle",
+    "serve_in_fresh_process",
+    "tokenize_texts",
+]

@@ -1,0 +1,196 @@
+"""Run configuration: dataclasses, ``--section.key=value`` overrides, saved as ``config.json``.
+
+Unknown keys and values of the wrong type are errors that name the key. A saved ``config.json``
+reloads with ``--config`` so a run can be repeated exactly.
+
+Example:
+    >>> cfg = parse_args(TextClassifierConfig(), ["--train.epochs=2", "--model.trainable=false"])
+    >>> cfg.train.epochs, cfg.model.trainable
+    (2, False)
+"""
+
+import dataclasses
+import json
+import typing
+
+
+class ConfigError(ValueError):
+    """A config key that does not exist, or a value that does not fit its field."""
+
+
+def _help(text, default):
+    return dataclasses.field(default=default, metadata={"help": text})
+
+
+@dataclasses.dataclass
+class DataConfig:
+    name: str = _help("TFDS dataset name (bbc_news, glue/sst2, imdb_reviews, ag_news_subset, ...); "
+                      "ignored when train_file is set", "bbc_news")
+    data_dir: str = _help("TFDS data directory (default: $TFPRETRAIN_CACHE/tensorflow_datasets)", "")
+    train_file: str = _help("local CSV/TSV/JSONL training file (instead of a TFDS name)", "")
+    validation_file: str = _help("local validation file (default: 10% split off train_file)", "")
+    test_file: str = _help("local test file (default: none)", "")
+    text_key: str = _help("text feature/column ('' = guess: text, sentence, description, ...)", "")
+    label_key: str = _help("label feature/column", "label")
+    train_split: str = _help("TFDS split for training; slicing works (train[:90%])", "train")
+    validation_split: str = _help("TFDS split for validation ('' = none)", "validation")
+    test_split: str = _help("TFDS split for the final evaluation ('' = none)", "test")
+    shuffle_buffer: int = _help("shuffle buffer (examples)", 10000)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    encoder: str = _help("preset name, local dir, gs:// path or tfhub.dev/Kaggle URL of a "
+                         "TF Hub-format BERT encoder", "minilm_l6")
+    preprocessor: str = _help("matching TF Hub-format preprocessor ('' = the preset's)", "")
+    seq_length: int = _help("maximum tokens per example (batches are padded to their own "
+                            "longest example)", 256)
+    trainable: bool = _help("fine-tune the encoder (false: train the head only)", True)
+    pooling: str = _help("'mean' (masked mean of sequence_output) or 'pooled' (pooled_output)",
+                         "mean")
+    dropout: float = _help("dropout before the classification layer", 0.1)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = _help("passes over the training split", 3)
+    global_batch_size: int = _help("examples per step, summed over replicas", 32)
+    learning_rate: float = _help("peak AdamW learning rate", 1e-4)
+    weight_decay: float = _help("AdamW decoupled weight decay (not on biases/LayerNorm)", 0.01)
+    warmup_fraction: float = _help("fraction of steps with linear warm-up", 0.1)
+    clip_norm: float = _help("global gradient-norm clipping (0 = off)", 1.0)
+    checkpoint_every: int = _help("steps between checkpoints", 50)
+    eval_every: int = _help("steps between evaluations (0 = at each epoch end)", 0)
+    best_metric: str = _help("validation metric that picks the best checkpoint", "accuracy")
+    early_stopping_patience: int = _help("evaluations without improvement before stopping "
+                                         "(0 = off)", 0)
+    max_steps: int = _help("stop after this many steps (0 = epochs x steps per epoch)", 0)
+    seed: int = _help("seed for weights of new layers, shuffling and dropout", 42)
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    strategy: str = _help("auto | one_device | mirrored | multi_worker | tpu", "auto")
+    tpu: str = _help("TPU address for strategy=tpu ('' = discover)", "")
+
+
+@dataclasses.dataclass
+class ExportConfig:
+    enabled: bool = _help("export a serving SavedModel on raw strings", True)
+
+
+@dataclasses.dataclass
+class TextClassifierConfig:
+    workdir: str = _help("run directory (config, checkpoints, logs, metrics, export)",
+                         "runs/bert_text_classifier")
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+
+def _convert(value, kind, key):
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    text = str(value).strip()
+    try:
+        if kind is bool:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{key} expects {kind.__name__}, got {value!r}") from None
+
+
+def set_value(config, key, value):
+    """Sets dotted ``key`` (``train.epochs``) on ``config``, converting ``value`` to its type."""
+    *path, name = key.split(".")
+    target = config
+    for i, part in enumerate(path):
+        if not dataclasses.is_dataclass(target) or part not in _field_types(target):
+            raise ConfigError(_unknown(".".join(path[: i + 1]), target))
+        target = getattr(target, part)
+    types = _field_types(target)
+    if name not in types or dataclasses.is_dataclass(types[name]):
+        raise ConfigError(_unknown(key, target))
+    setattr(target, name, _convert(value, types[name], key))
+
+
+def _field_types(config):
+    hints = typing.get_type_hints(type(config))
+    return {f.name: hints[f.name] for f in dataclasses.fields(config)}
+
+
+def _unknown(key, target):
+    known = ", ".join(f.name for f in dataclasses.fields(target)) if dataclasses.is_dataclass(target) else ""
+    return f"unknown config key {key!r}" + (f" (known here: {known})" if known else "")
+
+
+def to_dict(config):
+    return dataclasses.asdict(config)
+
+
+def update_from_dict(config, data, prefix=""):
+    """Applies a nested dict (a saved ``config.json``) to ``config``; unknown keys are errors."""
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            update_from_dict(config, value, dotted + ".")
+        else:
+            set_value(config, dotted, value)
+    return config
+
+
+def load_config(config, path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--config {path}: not valid JSON ({error})") from None
+    return update_from_dict(config, data)
+
+
+def help_text(config, prefix=""):
+    """One line per key with its default and help, for ``--help``."""
+    lines = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(value):
+            lines += help_text(value, f"{prefix}{field.name}.")
+        else:
+            lines.append(f"  --{prefix}{field.name}={value!s:<14} {field.metadata.get('help', '')}")
+    return lines
+
+
+def parse_args(config, argv):
+    """Applies ``--config FILE`` then ``--a.b=value`` / ``--a.b value`` overrides to ``config``.
+
+    ``--help`` and ``--debug`` are left to the caller. Unknown keys raise ``ConfigError``.
+    """
+    pairs, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; use --key=value")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+                raise ConfigError(f"--{key} needs a value")
+            value, i = argv[i + 1], i + 1
+        pairs.append((key, value))
+        i += 1
+    for key, value in pairs:
+        if key == "config":
+            load_config(config, value)
+    for key, value in pairs:
+        if key != "config":
+            set_value(config, key, value)
+    return config

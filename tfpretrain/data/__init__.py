@@ -1,0 +1,1 @@
+"""Data: TFDS builders and names, local files, and tf.data pipelines."""

@@ -1,0 +1,129 @@
+"""Text classification examples: ``(text, label_id)`` datasets and their label names.
+
+From a TFDS name (with feature-key mapping and split slicing) or local CSV/TSV/JSONL files
+(a text column and a label column; labels as strings or integers).
+"""
+
+import csv
+import json
+import os
+
+import tensorflow as tf
+
+from tfpretrain.data.tfds import DataError, load_tfds
+
+_TEXT_KEYS = ("text", "sentence", "description", "content", "document", "review")
+
+
+def _guess_text_key(keys, text_key, where):
+    if text_key:
+        if text_key not in keys:
+            raise DataError(f"{where} has no text column/feature {text_key!r} (data.text_key); "
+                            f"it has {sorted(keys)}")
+        return text_key
+    for key in _TEXT_KEYS:
+        if key in keys:
+            return key
+    raise DataError(f"{where}: cannot tell which column holds the text; set data.text_key to one "
+                    f"of {sorted(keys)}")
+
+
+def _read_rows(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"data file {path} does not exist")
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        if path.endswith((".jsonl", ".json")):
+            rows = []
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        raise DataError(f"{path}, line {number}: not valid JSON") from None
+            return rows
+        delimiter = "\t" if path.endswith(".tsv") else ","
+        return list(csv.DictReader(f, delimiter=delimiter))
+
+
+def _file_examples(path, text_key, label_key):
+    rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"data file {path} has no rows")
+    text_key = _guess_text_key(rows[0].keys(), text_key, path)
+    if label_key not in rows[0]:
+        raise DataError(f"{path} has no label column {label_key!r} (data.label_key); "
+                        f"it has {sorted(rows[0])}")
+    return [str(r[text_key]) for r in rows], [str(r[label_key]).strip() for r in rows]
+
+
+def _label_names(labels):
+    if all(label.lstrip("-").isdigit() for label in labels):
+        largest = max(int(label) for label in labels)
+        return [str(i) for i in range(largest + 1)]
+    return sorted(set(labels))
+
+
+def _to_ids(labels, names, path):
+    index = {name: i for i, name in enumerate(names)}
+    for row, label in enumerate(labels, 2):
+        if label not in index:
+            raise DataError(f"{path}, row {row}: label {label!r} is not one of the training "
+                            f"labels {names}")
+    return [index[label] for label in labels]
+
+
+def _from_files(config):
+    texts, labels = _file_examples(config.train_file, config.text_key, config.label_key)
+    names = _label_names(labels)
+    splits = {"train": (texts, _to_ids(labels, names, config.train_file))}
+    if config.validation_file:
+        t, l = _file_examples(config.validation_file, config.text_key, config.label_key)
+        splits["validation"] = (t, _to_ids(l, names, config.validation_file))
+    else:  # Deterministic: every 10th row is held out.
+        texts, ids = splits.pop("train")
+        splits["train"] = ([t for i, t in enumerate(texts) if i % 10], [y for i, y in enumerate(ids) if i % 10])
+        splits["validation"] = (texts[::10], ids[::10])
+    if config.test_file:
+        t, l = _file_examples(config.test_file, config.text_key, config.label_key)
+        splits["test"] = (t, _to_ids(l, names, config.test_file))
+    datasets = {
+        split: tf.data.Dataset.from_tensor_slices((tf.constant(t, tf.string), tf.constant(y, tf.int32)))
+        for split, (t, y) in splits.items()
+    }
+    return datasets, names
+
+
+def _from_tfds(config):
+    datasets, names = {}, None
+    for split, tfds_split in (("train", config.train_split), ("validation", config.validation_split),
+                              ("test", config.test_split)):
+        if not tfds_split:
+            continue
+        dataset, info = load_tfds(config.name, tfds_split, config.data_dir)
+        features = info.features
+        text_key = _guess_text_key(features.keys(), config.text_key, f"TFDS {config.name}")
+        if config.label_key not in features or not hasattr(features[config.label_key], "names"):
+            raise DataError(f"TFDS {config.name} has no class-label feature {config.label_key!r} "
+                            f"(data.label_key); it has {sorted(features.keys())}")
+        names = list(features[config.label_key].names)
+        datasets[split] = dataset.map(
+            lambda x, t=text_key: (x[t], tf.cast(x[config.label_key], tf.int32))
+        )
+    return datasets, names
+
+
+def make_text_datasets(config):
+    """({'train'|'validation'|'test': dataset of (text, label_id)}, label_names) for a DataConfig.
+
+    Example:
+        >>> datasets, names = make_text_datasets(DataConfig(name="bbc_news"))  # doctest: +SKIP
+        >>> names
+        ['business', 'entertainment', 'politics', 'sport', 'tech']
+    """
+    datasets, names = _from_files(config) if config.train_file else _from_tfds(config)
+    if len(names) < 2:
+        raise DataError(f"the training data has a single class ({names}); a classifier needs two or more")
+    for split, dataset in datasets.items():
+        if dataset.take(1).cardinality() == 0 or not any(True for _ in dataset.take(1)):
+            raise DataError(f"the {split} split is empty (data.{split}_split / data.{split}_file)")
+    return datasets, names

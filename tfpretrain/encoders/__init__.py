@@ -1,0 +1,1 @@
+"""Encoder families. Each module exposes ``load_encoder`` returning a ``LoadedEncoder``."""

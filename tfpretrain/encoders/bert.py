@@ -1,0 +1,78 @@
+"""BERT-family encoders in the TF Hub format: a preset, a local directory, gs:// or a hub URL."""
+
+import dataclasses
+
+from tfpretrain import hub, zoo
+
+INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
+
+
+class EncoderError(ValueError):
+    """An encoder/preprocessor pair that cannot be used together, named in the message."""
+
+
+@dataclasses.dataclass
+class LoadedEncoder:
+    """A fine-tunable encoder layer plus what feeding it needs."""
+
+    layer: hub.HubLayer
+    preprocessor: object  # restored TF Hub-format preprocessor (tokenize, bert_pack_inputs)
+    encoder_handle: str
+    preprocessor_handle: str
+    seq_length: int
+    pooling: str
+
+
+def _resolve_pair(encoder, preprocessor):
+    if zoo.is_preset(encoder):
+        info = zoo.load_preset(encoder)
+        return info["encoder"], preprocessor or info["preprocessor"], info
+    if not preprocessor:
+        raise EncoderError(
+            f"model.preprocessor is required with model.encoder={encoder!r} (only presets carry "
+            "their own: " + ", ".join(sorted(zoo.PRESETS)) + ")"
+        )
+    return encoder, preprocessor, {}
+
+
+def _check_pair(layer, preprocessor, encoder, preprocessor_handle):
+    vocab_size = getattr(preprocessor, "vocab_size", None)
+    embeddings = [v for v in layer.weights if len(v.shape) == 2 and "embedding" in v.path]
+    rows = max((v.shape[0] for v in embeddings), default=None)
+    if vocab_size is not None and rows is not None and int(vocab_size) > rows:
+        raise EncoderError(
+            f"preprocessor {preprocessor_handle!r} has a {int(vocab_size)}-token vocabulary but "
+            f"encoder {encoder!r} embeds at most {rows} tokens; use the preprocessor that was "
+            "exported with this encoder"
+        )
+    for name in ("tokenize", "bert_pack_inputs"):
+        if not hasattr(preprocessor, name):
+            raise EncoderError(f"{preprocessor_handle!r} is not a TF Hub BERT preprocessor (no .{name})")
+
+
+def load_encoder(encoder="minilm_l6", preprocessor="", trainable=True, seq_length=None, pooling=None):
+    """Loads a TF Hub-format BERT encoder and preprocessor.
+
+    Args:
+        encoder: preset name (``python -m tfpretrain.zoo list``), local dir, ``gs://`` or URL.
+        preprocessor: the matching preprocessor; presets supply their own.
+        trainable: fine-tune the encoder's weights.
+        seq_length: maximum tokens per example (default: the preset's, else 128).
+        pooling: ``"mean"`` or ``"pooled"`` (default: the preset's, else ``"pooled"``).
+
+    Example:
+        >>> loaded = load_encoder("minilm_l6", trainable=True)  # doctest: +SKIP
+        >>> loaded.layer, loaded.seq_length  # doctest: +SKIP
+    """
+    encoder_path, preprocessor_path, info = _resolve_pair(encoder, preprocessor)
+    layer = hub.HubLayer(encoder_path, trainable=trainable, name="encoder")
+    pre = hub.load_saved_model(preprocessor_path)
+    _check_pair(layer, pre, encoder, preprocessor_path)
+    return LoadedEncoder(
+        layer=layer,
+        preprocessor=pre,
+        encoder_handle=encoder,
+        preprocessor_handle=preprocessor or preprocessor_path,
+        seq_length=seq_length or info.get("seq_length", 128),
+        pooling=pooling or info.get("pooling", "pooled"),
+    )

@@ -1,0 +1,179 @@
+"""Writes TF Hub-format BERT SavedModels: an encoder and its matching preprocessor.
+
+The contract is the one tfhub.dev's BERTs and TF Model Garden's exporter use, so anything that
+loads those loads these (and ``tfpretrain.hub`` loads both):
+
+* encoder: ``__call__(inputs, training=False)`` with ``inputs`` a dict of int32 ``[batch, seq]``
+  tensors ``input_word_ids``, ``input_mask``, ``input_type_ids``; returns ``pooled_output``
+  ``[batch, width]``, ``sequence_output`` ``[batch, seq, width]`` and ``encoder_outputs`` (one
+  ``[batch, seq, width]`` tensor per layer). Also ``variables``, ``trainable_variables`` and a
+  ``serving_default`` signature (without ``encoder_outputs``, which a signature cannot hold).
+* preprocessor: ``__call__``/``serving_default`` on a 1-D batch of strings; ``tokenize(strings)``
+  returns a ``[batch, words, pieces]`` RaggedTensor; ``bert_pack_inputs(segments, seq_length)``
+  packs one or two tokenized segments. The vocabulary travels as an asset.
+"""
+
+import keras
+import tensorflow as tf
+
+from tfpretrain.files import atomic_directory
+
+_INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
+
+
+def _int_specs():
+    return {name: tf.TensorSpec([None, None], tf.int32, name=name) for name in _INPUT_NAMES}
+
+
+def _variables(keras_variables):
+    # The tf.Variable inside each Keras variable: those are what the SavedModel stores.
+    return [v.value for v in keras_variables]
+
+
+def export_bert_encoder(backbone, path):
+    """Writes a ``keras_hub.models.BertBackbone`` as a TF Hub-format BERT encoder at ``path``.
+
+    Args:
+        backbone: a built ``keras_hub.models.BertBackbone`` (functional, with ``token_ids``,
+            ``segment_ids`` and ``padding_mask`` inputs and ``transformer_layer_<i>`` layers).
+        path: output directory, written atomically.
+
+    Example:
+        >>> backbone = keras_hub.models.BertBackbone(vocabulary_size=100, num_layers=1,
+        ...     num_heads=2, hidden_dim=8, intermediate_dim=16)  # doctest: +SKIP
+        >>> export_bert_encoder(backbone, "/tmp/encoder")  # doctest: +SKIP
+    """
+    layers = [backbone.get_layer(f"transformer_layer_{i}") for i in range(backbone.num_layers)]
+    outputs = dict(backbone.output)
+    outputs["encoder_outputs"] = [layer.output for layer in layers]
+    model = keras.Model(backbone.input, outputs)
+
+    @tf.function
+    def call(inputs, training=False):
+        out = model(
+            {
+                "token_ids": inputs["input_word_ids"],
+                "padding_mask": inputs["input_mask"],
+                "segment_ids": inputs["input_type_ids"],
+            },
+            training=training,
+        )
+        return {
+            "pooled_output": out["pooled_output"],
+            "sequence_output": out["sequence_output"],
+            "encoder_outputs": list(out["encoder_outputs"]),
+        }
+
+    @tf.function(input_signature=[_int_specs()])
+    def serve(inputs):
+        out = call(inputs, training=False)
+        return {"pooled_output": out["pooled_output"], "sequence_output": out["sequence_output"]}
+
+    for training in (False, True):
+        call.get_concrete_function(_int_specs(), training=training)
+    # tf.Module exposes variables as read-only properties; TF Hub's reusable SavedModel
+    # convention wants them as saved attributes, so the root is a plain AutoTrackable.
+    saved = tf.__internal__.tracking.AutoTrackable()
+    saved.__call__ = call
+    saved.serving = serve
+    saved.variables = _variables(model.variables)
+    saved.trainable_variables = _variables(model.trainable_variables)
+    saved.regularization_losses = []
+    with atomic_directory(path) as tmp:
+        tf.saved_model.save(saved, tmp, signatures={"serving_default": serve})
+
+
+def normalize_uncased(strings):
+    """BERT's uncased normalisation, as Hugging Face's BertNormalizer does it.
+
+    Drops control characters, maps whitespace to spaces, lowercases, decomposes (NFD) and strips
+    accents. ``tensorflow_text.BertTokenizer(lower_case=True)`` case-folds with NFKC instead,
+    which turns ``ß`` into ``ss`` and full-width letters into ASCII and so changes token ids.
+    """
+    import tensorflow_text as text
+
+    strings = tf.strings.regex_replace(strings, r"[\x{FFFD}]|[^\P{C}\t\n\r]", "")
+    strings = tf.strings.regex_replace(strings, r"[\t\n\r\p{Zs}]", " ")
+    strings = tf.strings.lower(strings, encoding="utf-8")
+    strings = text.normalize_utf8(strings, "NFD")
+    return tf.strings.regex_replace(strings, r"\p{Mn}", "")
+
+
+class _BertPreprocessor(tf.Module):
+    def __init__(self, vocab_file, lower_case, seq_length):
+        import tensorflow_text as text
+
+        super().__init__()
+        with open(vocab_file, encoding="utf-8") as f:
+            vocab = [line.rstrip("\n") for line in f]
+        self.cls_id, self.sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
+        self.pad_id = vocab.index("[PAD]") if "[PAD]" in vocab else 0
+        self.vocab_size = len(vocab)
+        self.lower_case = lower_case
+        self.seq_length = seq_length
+        self.vocab_file = tf.saved_model.Asset(vocab_file)
+        self.table = tf.lookup.StaticHashTable(
+            tf.lookup.TextFileInitializer(
+                self.vocab_file,
+                key_dtype=tf.string,
+                key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+                value_dtype=tf.int64,
+                value_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+            ),
+            default_value=vocab.index("[UNK]"),
+        )
+        self.tokenizer = text.BertTokenizer(
+            self.table, token_out_type=tf.int32, lower_case=False, unknown_token="[UNK]"
+        )
+
+    def tokenize_strings(self, strings):
+        if self.lower_case:
+            strings = normalize_uncased(strings)
+        return self.tokenizer.tokenize(strings).with_row_splits_dtype(tf.int64)
+
+    def pack(self, segments, seq_length):
+        import tensorflow_text as text
+
+        segments = [s.merge_dims(-2, -1) if s.ragged_rank == 2 else s for s in segments]
+        trimmed = text.RoundRobinTrimmer(max_seq_length=seq_length - len(segments) - 1).trim(
+            segments
+        )
+        ids, type_ids = text.combine_segments(trimmed, self.cls_id, self.sep_id)
+        word_ids, mask = text.pad_model_inputs(ids, seq_length, pad_value=self.pad_id)
+        type_ids, _ = text.pad_model_inputs(type_ids, seq_length, pad_value=0)
+        return {"input_word_ids": word_ids, "input_mask": mask, "input_type_ids": type_ids}
+
+
+def export_bert_preprocessor(vocab_file, path, lower_case=True, seq_length=128):
+    """Writes a TF Hub-format BERT preprocessor for a WordPiece ``vocab_file`` at ``path``.
+
+    Args:
+        vocab_file: one WordPiece token per line, with ``[CLS]``, ``[SEP]``, ``[UNK]``.
+        path: output directory, written atomically.
+        lower_case: apply BERT's uncased normalisation (``normalize_uncased``).
+        seq_length: the length ``__call__`` packs to (``bert_pack_inputs`` takes any).
+
+    Example:
+        >>> export_bert_preprocessor("vocab.txt", "/tmp/preprocessor")  # doctest: +SKIP
+        >>> pre = tf.saved_model.load("/tmp/preprocessor")  # doctest: +SKIP
+        >>> pre(tf.constant(["hello world"]))["input_word_ids"].shape  # doctest: +SKIP
+        TensorShape([1, 128])
+    """
+    module = _BertPreprocessor(vocab_file, lower_case, seq_length)
+    strings = tf.TensorSpec([None], tf.string)
+    segment = tf.RaggedTensorSpec([None, None, None], tf.int32, ragged_rank=2, row_splits_dtype=tf.int64)
+    length = tf.TensorSpec([], tf.int32)
+
+    module.tokenize = tf.function(module.tokenize_strings, input_signature=[strings])
+    pack = tf.function(module.pack)
+    for count in (1, 2):
+        pack.get_concrete_function([segment] * count, length)
+    module.bert_pack_inputs = pack
+
+    @tf.function(input_signature=[strings])
+    def serve(texts):
+        return module.pack([module.tokenize_strings(texts)], tf.constant(seq_length))
+
+    module.__call__ = serve
+    with atomic_directory(path) as tmp:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": serve})

@@ -1,0 +1,35 @@
+"""Builders: encoder + head → ``keras.Model``."""
+
+import keras
+
+from tfpretrain import heads
+from tfpretrain.encoders.bert import INPUT_NAMES
+
+
+def build_bert_classifier(encoder_layer, num_classes, pooling="pooled", dropout=0.1, seed=None):
+    """A text classifier on BERT inputs: dict of int32 ``[batch, seq]`` → logits ``[batch, C]``.
+
+    Trains with a custom loop (``tfpretrain.train``) or plain ``model.fit``; the encoder's
+    weights are the model's own weights either way.
+
+    Args:
+        encoder_layer: a TF Hub-format BERT encoder layer (``load_encoder(...).layer``).
+        num_classes: number of labels.
+        pooling: ``"pooled"`` (the encoder's ``pooled_output``) or ``"mean"`` (masked mean of
+            ``sequence_output``, how sentence-transformers models were trained).
+        dropout: dropout before the output layer.
+
+    Example:
+        >>> loaded = load_encoder("minilm_l6")  # doctest: +SKIP
+        >>> model = build_bert_classifier(loaded.layer, 5, pooling="mean")  # doctest: +SKIP
+    """
+    if pooling not in ("pooled", "mean"):
+        raise ValueError(f"model.pooling must be 'pooled' or 'mean', got {pooling!r}")
+    inputs = {name: keras.Input((None,), dtype="int32", name=name) for name in INPUT_NAMES}
+    outputs = encoder_layer(inputs)
+    if pooling == "mean":
+        features = heads.masked_mean(outputs["sequence_output"], inputs["input_mask"])
+    else:
+        features = outputs["pooled_output"]
+    logits = heads.build_classification_head(num_classes, dropout, seed=seed)(features)
+    return keras.Model(inputs, logits, name="bert_classifier")

@@ -44,7 +44,7 @@ class ModelConfig:
                          "TF Hub-format BERT encoder", "minilm_l6")
     preprocessor: str = _help("matching TF Hub-format preprocessor ('' = the preset's)", "")
     seq_length: int = _help("maximum tokens per example (batches are padded to their own "
-                            "longest example)", 256)
+                            "longest example)", 128)
     trainable: bool = _help("fine-tune the encoder (false: train the head only)", True)
     pooling: str = _help("'mean' (masked mean of sequence_output) or 'pooled' (pooled_output)",
                          "mean")

@@ -64,6 +64,9 @@ class TrainState:
 
 def _make_train_step(model, optimizer, strategy, clip_norm):
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    with strategy.scope():
+        # Slots made lazily inside the first distributed step break MirroredStrategy.
+        optimizer.build(model.trainable_variables)
 
     def replica_step(inputs, labels):
         with tf.GradientTape() as tape:
@@ -155,7 +158,7 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
     def run_evaluation():
         nonlocal stopped_early
         metrics = evaluate(model)
-        record = {"step": step, "epoch": int(counters["epoch"]) + 1, **metrics}
+        record = {"step": step, "epoch": round(step / steps_per_epoch, 2), **metrics}
         history.append(record)
         _log_eval(workdir, record)
         value = metrics[config.best_metric]

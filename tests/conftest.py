@@ -1,0 +1,63 @@
+"""Shared fixtures: a toy TF Hub-format BERT and small labelled text files. No network."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Every test (and every subprocess it starts) uses a private cache, never ~/.cache.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TOY_ROWS = [
+    ("good great fun movie love best", "pos"),
+    ("bad awful boring plot hate worst", "neg"),
+    ("great actor love the film", "pos"),
+    ("worst film boring and bad", "neg"),
+    ("fun film with the best plot", "pos"),
+    ("awful actor hate it", "neg"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.getbasetemp() / "tfpretrain_cache"
+    monkeypatch.setenv("TFPRETRAIN_CACHE", str(cache))
+
+
+@pytest.fixture(scope="session")
+def toy_bert(tmp_path_factory):
+    """(encoder_dir, preprocessor_dir) of a tiny random TF Hub-format BERT."""
+    from tfpretrain.encoders.toy import export_toy_bert
+
+    return export_toy_bert(str(tmp_path_factory.mktemp("toy_bert")))
+
+
+def write_csv(path, rows, header=("text", "label"), delimiter=","):
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+@pytest.fixture
+def toy_csv(tmp_path):
+    """Train/validation/test CSV files of a separable two-class toy task."""
+    return {
+        "train": write_csv(tmp_path / "train.csv", TOY_ROWS * 8),
+        "validation": write_csv(tmp_path / "validation.csv", TOY_ROWS),
+        "test": write_csv(tmp_path / "test.csv", TOY_ROWS),
+    }
+
+
+def run_python(args, env=None, timeout=600):
+    """Runs ``python args...`` from the project root; returns the CompletedProcess."""
+    full_env = dict(os.environ, **(env or {}))
+    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import TOY_ROWS, write_csv
+from tfpretrain.config import DataConfig
+from tfpretrain.data import tfds as tp_tfds
+from tfpretrain.data.pipeline import make_batches, tokenize_texts
+from tfpretrain.data.text import make_text_datasets
+from tfpretrain.encoders.bert import load_encoder
+
+
+def test_bbc_news_split_is_deterministic_stratified_and_complete():
+    files = tp_tfds._bbc_files()
+    assert sum(len(v) for v in files.values()) == 2225
+    assert sorted(files) == list(tp_tfds.TOPICS)
+    splits = tp_tfds.bbc_split(files)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 1558, "validation": 223, "test": 444}
+    assert splits == tp_tfds.bbc_split({k: list(reversed(v)) for k, v in files.items()})
+    seen = [p for items in splits.values() for _, p in items]
+    assert len(set(seen)) == 2225
+
+
+def test_bbc_news_through_tfds():
+    datasets, names = make_text_datasets(DataConfig(name="bbc_news", train_split="train[:5%]",
+                                                    validation_split="", test_split="test[:10]"))
+    assert names == ["business", "entertainment", "politics", "sport", "tech"]
+    text, label = next(iter(datasets["test"]))
+    assert text.dtype == tf.string and len(text.numpy()) > 100 and 0 <= int(label) < 5
+    assert sum(1 for _ in datasets["train"]) == 78
+
+
+@pytest.mark.parametrize("suffix", ["csv", "tsv", "jsonl"])
+def test_local_files_with_string_labels(tmp_path, suffix):
+    path = tmp_path / f"train.{suffix}"
+    if suffix == "jsonl":
+        path.write_text("\n".join(json.dumps({"review": t, "label": l}) for t, l in TOY_ROWS * 5))
+    else:
+        write_csv(path, TOY_ROWS * 5, header=("review", "label"), delimiter="\t" if suffix == "tsv" else ",")
+    datasets, names = make_text_datasets(DataConfig(train_file=str(path)))
+    assert names == ["neg", "pos"]
+    assert sum(1 for _ in datasets["train"]) == 27 and sum(1 for _ in datasets["validation"]) == 3
+    assert set(datasets) == {"train", "validation"}
+
+
+def test_integer_labels_keep_their_ids(tmp_path):
+    path = write_csv(tmp_path / "t.csv", [("x y", 2), ("z", 0), ("w", 1)] * 4)
+    datasets, names = make_text_datasets(DataConfig(train_file=path))
+    assert names == ["0", "1", "2"]
+    assert sorted({int(y) for _, y in datasets["train"]}) == [0, 1, 2]
+
+
+def test_bad_data_names_the_problem(tmp_path):
+    good = write_csv(tmp_path / "good.csv", TOY_ROWS * 2)
+    with pytest.raises(FileNotFoundError, match="missing.csv does not exist"):
+        make_text_datasets(DataConfig(train_file=str(tmp_path / "missing.csv")))
+    with pytest.raises(ValueError, match="no label column 'category'"):
+        make_text_datasets(DataConfig(train_file=good, label_key="category"))
+    with pytest.raises(ValueError, match="no text column/feature 'body'"):
+        make_text_datasets(DataConfig(train_file=good, text_key="body"))
+    odd = write_csv(tmp_path / "odd.csv", [("fine text", "maybe")])
+    with pytest.raises(ValueError, match="row 2: label 'maybe' is not one of the training labels"):
+        make_text_datasets(DataConfig(train_file=good, test_file=odd))
+    single = write_csv(tmp_path / "single.csv", [("a", "x"), ("b", "x")])
+    with pytest.raises(ValueError, match="single class"):
+        make_text_datasets(DataConfig(train_file=single))
+    empty = write_csv(tmp_path / "empty.csv", [])
+    with pytest.raises(ValueError, match="has no rows"):
+        make_text_datasets(DataConfig(train_file=empty))
+    with pytest.raises(ValueError, match="unknown TFDS dataset 'no_such_dataset'"):
+        make_text_datasets(DataConfig(name="no_such_dataset"))
+    with pytest.raises(ValueError, match="split 'dev'"):
+        make_text_datasets(DataConfig(name="bbc_news", validation_split="dev"))
+
+
+def test_any_tfds_text_dataset_by_name_with_feature_keys():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=12):
+        datasets, names = make_text_datasets(DataConfig(
+            name="imdb_reviews", train_split="train[:50%]", validation_split="test", test_split=""))
+    assert names == ["neg", "pos"]
+    text, label = next(iter(datasets["train"]))
+    assert text.dtype == tf.string and label.dtype == tf.int32
+    assert set(datasets) == {"train", "validation"}
+
+
+def test_batches_are_padded_to_their_own_length(toy_bert):
+    loaded = load_encoder(*toy_bert)
+    texts = ["good"] * 40 + [" ".join(["fun film"] * 10)] * 40
+    ds = tf.data.Dataset.from_tensor_slices((texts, [0] * 80))
+    examples = tokenize_texts(ds, loaded.preprocessor, 32).cache()
+    widths = sorted({int(x["input_word_ids"].shape[1]) for x, _ in make_batches(examples, 8, 32)})
+    assert widths == [3, 22]  # [CLS] good [SEP] and 20 word pieces + 2, not always 32
+    first = [x["input_word_ids"].numpy().tolist() for x, _ in make_batches(examples, 8, 32, shuffle_seed=1)]
+    again = [x["input_word_ids"].numpy().tolist() for x, _ in make_batches(examples, 8, 32, shuffle_seed=1)]
+    other = [x["input_word_ids"].numpy().tolist() for x, _ in make_batches(examples, 8, 32, shuffle_seed=2)]
+    assert first == again and first != other
+    skipped = [x["input_word_ids"].numpy().tolist() for x, _ in make_batches(examples, 8, 32, shuffle_seed=1, skip_batches=3)]
+    assert skipped == first[3:]
+    assert sum(int(np.sum(x["input_mask"])) for x, _ in make_batches(examples, 8, 32)) == 40 * 3 + 40 * 22

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tfpretrain.config import TrainConfig
+from tfpretrain.distribute import build_strategy, per_replica_batch_size
+from tfpretrain.encoders.bert import load_encoder
+from tfpretrain.models import build_bert_classifier
+from tfpretrain.train import TrainingError, WarmupLinearDecay, build_optimizer, fit
+
+
+def _setup(toy_bert, learning_rate=1e-2):
+    strategy = build_strategy("one_device")
+    with strategy.scope():
+        loaded = load_encoder(*toy_bert, trainable=True)
+        model = build_bert_classifier(loaded.layer, 2)
+        optimizer = build_optimizer(TrainConfig(learning_rate=learning_rate), total_steps=8)
+    x = loaded.preprocessor(tf.constant(["good fun", "bad awful", "love best", "hate worst"]))
+    data = tf.data.Dataset.from_tensors((x, tf.constant([0, 1, 0, 1])))
+    return strategy, model, optimizer, data
+
+
+def test_schedule_warms_up_then_decays_linearly():
+    schedule = WarmupLinearDecay(1.0, total_steps=10, warmup_steps=2)
+    assert [round(float(schedule(s)), 3) for s in (0, 1, 2, 6, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+
+
+def test_fit_learns_and_checkpoints(toy_bert, tmp_path):
+    strategy, model, optimizer, data = _setup(toy_bert)
+    config = TrainConfig(epochs=8, checkpoint_every=4)
+    state = fit(model, optimizer, lambda epoch, skip: data.skip(skip), 1, config, strategy,
+                str(tmp_path), evaluate=lambda m: {"accuracy": 1.0})
+    assert state.step == 8 and len(state.history) == 8
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-8")
+    logits = model(next(iter(data))[0]).numpy()
+    assert (logits.argmax(axis=1) == [0, 1, 0, 1]).all()
+
+
+def test_nan_loss_stops_with_the_step_and_last_checkpoint(toy_bert, tmp_path):
+    strategy, model, optimizer, data = _setup(toy_bert, learning_rate=1e30)
+    config = TrainConfig(epochs=50, checkpoint_every=1, clip_norm=0, warmup_fraction=0)
+    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at step \d+; stopped\. The last good checkpoint is .*ckpt-\d+"):
+        fit(model, optimizer, lambda epoch, skip: data, 1, config, strategy, str(tmp_path))
+
+
+def test_global_batch_must_split_over_replicas():
+    assert per_replica_batch_size(32, build_strategy("one_device")) == 32
+    with pytest.raises(ValueError, match="runtime.strategy"):
+        build_strategy("bogus")

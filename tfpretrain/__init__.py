@@ -5,7 +5,7 @@ Public API (see README.md):
     build_bert_classifier, build_classification_head           — models
     make_text_datasets, tokenize_texts, make_batches           — data
     build_strategy, fit, build_optimizer                       — training
-    evaluate_classifier, classification_metrics                — evaluation
+    evaluate_classifier, classification_metrics, format_report — evaluation
     export_text_classifier, serve_in_fresh_process             — export
     export_bert_encoder, export_bert_preprocessor              — TF Hub-format writers
 """
@@ -15,7 +15,7 @@ from tfpretrain.data.pipeline import make_batches, tokenize_texts
 from tfpretrain.data.text import make_text_datasets
 from tfpretrain.distribute import build_strategy, per_replica_batch_size
 from tfpretrain.encoders.bert import load_encoder
-from tfpretrain.evaluate import classification_metrics, evaluate_classifier
+from tfpretrain.evaluate import classification_metrics, evaluate_classifier, format_report
 from tfpretrain.export import export_text_classifier, serve_in_fresh_process
 from tfpretrain.heads import build_classification_head
 from tfpretrain.hub import HubLayer, load_saved_model, resolve_handle
@@ -38,6 +38,7 @@ __all__ = [
     "export_bert_preprocessor",
     "export_text_classifier",
     "fit",
+    "format_report",
     "load_encoder",
     "load_saved_model",
     "make_batches",

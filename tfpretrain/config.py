@@ -44,7 +44,7 @@ class ModelConfig:
                          "TF Hub-format BERT encoder", "minilm_l6")
     preprocessor: str = _help("matching TF Hub-format preprocessor ('' = the preset's)", "")
     seq_length: int = _help("maximum tokens per example (batches are padded to their own "
-                            "longest example)", 128)
+                            "longest example)", 256)
     trainable: bool = _help("fine-tune the encoder (false: train the head only)", True)
     pooling: str = _help("'mean' (masked mean of sequence_output) or 'pooled' (pooled_output)",
                          "mean")
@@ -53,7 +53,7 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = _help("passes over the training split", 3)
+    epochs: int = _help("passes over the training split", 2)
     global_batch_size: int = _help("examples per step, summed over replicas", 32)
     learning_rate: float = _help("peak AdamW learning rate", 1e-4)
     weight_decay: float = _help("AdamW decoupled weight decay (not on biases/LayerNorm)", 0.01)

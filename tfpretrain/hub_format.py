@@ -108,7 +108,9 @@ class _BertPreprocessor(tf.Module):
             vocab = [line.rstrip("\n") for line in f]
         self.cls_id, self.sep_id = vocab.index("[CLS]"), vocab.index("[SEP]")
         self.pad_id = vocab.index("[PAD]") if "[PAD]" in vocab else 0
-        self.vocab_size = len(vocab)
+        # A variable, not a Python int, so it survives saving: loaders check it against the
+        # encoder's embedding table.
+        self.vocab_size = tf.Variable(len(vocab), dtype=tf.int32, trainable=False, name="vocab_size")
         self.lower_case = lower_case
         self.seq_length = seq_length
         self.vocab_file = tf.saved_model.Asset(vocab_file)

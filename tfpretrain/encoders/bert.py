@@ -35,15 +35,26 @@ def _resolve_pair(encoder, preprocessor):
     return encoder, preprocessor, {}
 
 
-def _check_pair(layer, preprocessor, encoder, preprocessor_handle):
+def _rows(layer, word):
+    tables = [v.shape[0] for v in layer.weights if len(v.shape) == 2 and word in v.path]
+    return max(tables, default=None)
+
+
+def _check_pair(layer, preprocessor, encoder, preprocessor_handle, seq_length):
+    """Catches a mismatched pair here, with names, instead of as a gather error mid-training."""
     vocab_size = getattr(preprocessor, "vocab_size", None)
-    embeddings = [v for v in layer.weights if len(v.shape) == 2 and "embedding" in v.path]
-    rows = max((v.shape[0] for v in embeddings), default=None)
+    rows = _rows(layer, "embedding")
     if vocab_size is not None and rows is not None and int(vocab_size) > rows:
         raise EncoderError(
             f"preprocessor {preprocessor_handle!r} has a {int(vocab_size)}-token vocabulary but "
             f"encoder {encoder!r} embeds at most {rows} tokens; use the preprocessor that was "
             "exported with this encoder"
+        )
+    positions = _rows(layer, "position")
+    if positions is not None and seq_length > positions:
+        raise EncoderError(
+            f"model.seq_length={seq_length} is longer than encoder {encoder!r} supports "
+            f"({positions} positions); use --model.seq_length={positions} or less"
         )
     for name in ("tokenize", "bert_pack_inputs"):
         if not hasattr(preprocessor, name):
@@ -67,12 +78,13 @@ def load_encoder(encoder="minilm_l6", preprocessor="", trainable=True, seq_lengt
     encoder_path, preprocessor_path, info = _resolve_pair(encoder, preprocessor)
     layer = hub.HubLayer(encoder_path, trainable=trainable, name="encoder")
     pre = hub.load_saved_model(preprocessor_path)
-    _check_pair(layer, pre, encoder, preprocessor_path)
+    seq_length = seq_length or info.get("seq_length", 128)
+    _check_pair(layer, pre, encoder, preprocessor_path, seq_length)
     return LoadedEncoder(
         layer=layer,
         preprocessor=pre,
         encoder_handle=encoder,
         preprocessor_handle=preprocessor or preprocessor_path,
-        seq_length=seq_length or info.get("seq_length", 128),
+        seq_length=seq_length,
         pooling=pooling or info.get("pooling", "pooled"),
     )

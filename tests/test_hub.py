@@ -170,7 +170,7 @@ def test_mismatched_encoder_and_preprocessor_are_named(toy_bert, tmp_path):
     _, big_preprocessor = export_toy_bert(str(tmp_path / "big"), words=TOY_WORDS + [f"w{i}" for i in range(50)])
     with pytest.raises(EncoderError, match="vocabulary but encoder .* embeds at most"):
         load_encoder(toy_bert[0], big_preprocessor)
-    with pytest.raises(EncoderError, match="seq_length=100 is longer than encoder .* 64 positions"):
+    with pytest.raises(EncoderError, match=r"seq_length=100 is longer than encoder .* \(64 positions\)"):
         load_encoder(*toy_bert, seq_length=100)
     with pytest.raises(EncoderError, match="model.preprocessor is required"):
         load_encoder(toy_bert[0])

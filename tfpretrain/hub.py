@@ -179,26 +179,31 @@ class HubLayer(keras.layers.Layer):
             self._function = self._obj.__call__
             self._takes_training = _has_training_argument(self._function)
         trainable_vars, frozen_vars = _restored_variables(self._obj, self._function)
-        for variable, is_trainable in [(v, True) for v in trainable_vars] + [
-            (v, False) for v in frozen_vars
-        ]:
-            self._track_variable(
-                keras.Variable(
-                    initializer=variable,
-                    shape=variable.shape,
-                    dtype=variable.dtype,
-                    trainable=is_trainable,
-                    name=_keras_name(variable),
-                )
+        self._hub_weights = [
+            keras.Variable(
+                initializer=variable,
+                shape=variable.shape,
+                dtype=variable.dtype,
+                trainable=is_trainable,
+                name=_keras_name(variable),
             )
+            for variable, is_trainable in [(v, True) for v in trainable_vars]
+            + [(v, False) for v in frozen_vars]
+        ]
+        for weight in self._hub_weights:
+            self._track_variable(weight)
         self.built = True
 
     def _trackable_children(self, save_type="checkpoint", **kwargs):
         children = super()._trackable_children(save_type, **kwargs)
         if save_type == "checkpoint":
-            # The Keras variables above already hold these values; a second path to the same
-            # tf.Variables would store every weight twice in each checkpoint.
+            # Keras checkpoints a layer's weights through named attributes, which these are not:
+            # name them here. And drop the restored object, whose variables are the same memory
+            # (a second path would store every weight twice).
             children.pop("_obj", None)
+            children.pop("_function", None)
+            for index, weight in enumerate(self._hub_weights):
+                children[f"weight_{index}_{weight.name}"] = weight
         return children
 
     @property

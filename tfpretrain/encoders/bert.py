@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import tensorflow as tf
+
 from tfpretrain import hub, zoo
 
 INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
@@ -43,10 +45,12 @@ def _rows(layer, word):
 def _check_pair(layer, preprocessor, encoder, preprocessor_handle, seq_length):
     """Catches a mismatched pair here, with names, instead of as a gather error mid-training."""
     vocab_size = getattr(preprocessor, "vocab_size", None)
+    if vocab_size is not None:  # a (possibly mirrored) variable in our exports
+        vocab_size = int(tf.convert_to_tensor(vocab_size).numpy())
     rows = _rows(layer, "embedding")
-    if vocab_size is not None and rows is not None and int(vocab_size) > rows:
+    if vocab_size is not None and rows is not None and vocab_size > rows:
         raise EncoderError(
-            f"preprocessor {preprocessor_handle!r} has a {int(vocab_size)}-token vocabulary but "
+            f"preprocessor {preprocessor_handle!r} has a {vocab_size}-token vocabulary but "
             f"encoder {encoder!r} embeds at most {rows} tokens; use the preprocessor that was "
             "exported with this encoder"
         )
@@ -68,7 +72,8 @@ def load_encoder(encoder="minilm_l6", preprocessor="", trainable=True, seq_lengt
         encoder: preset name (``python -m tfpretrain.zoo list``), local dir, ``gs://`` or URL.
         preprocessor: the matching preprocessor; presets supply their own.
         trainable: fine-tune the encoder's weights.
-        seq_length: maximum tokens per example (default: the preset's, else 128).
+        seq_length: maximum tokens per example (default: the preset's, else 128 or the
+            encoder's number of positions if smaller).
         pooling: ``"mean"`` or ``"pooled"`` (default: the preset's, else ``"pooled"``).
 
     Example:
@@ -78,7 +83,7 @@ def load_encoder(encoder="minilm_l6", preprocessor="", trainable=True, seq_lengt
     encoder_path, preprocessor_path, info = _resolve_pair(encoder, preprocessor)
     layer = hub.HubLayer(encoder_path, trainable=trainable, name="encoder")
     pre = hub.load_saved_model(preprocessor_path)
-    seq_length = seq_length or info.get("seq_length", 128)
+    seq_length = seq_length or info.get("seq_length") or min(128, _rows(layer, "position") or 128)
     _check_pair(layer, pre, encoder, preprocessor_path, seq_length)
     return LoadedEncoder(
         layer=layer,

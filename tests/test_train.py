@@ -20,6 +20,12 @@ def _setup(toy_bert, learning_rate=1e-2):
     return strategy, model, optimizer, data
 
 
+def _loss(model, data):
+    x, y = next(iter(data))
+    logits = model(x, training=False)
+    return float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)))
+
+
 def test_schedule_warms_up_then_decays_linearly():
     schedule = WarmupLinearDecay(1.0, total_steps=10, warmup_steps=2)
     assert [round(float(schedule(s)), 3) for s in (0, 1, 2, 6, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0]
@@ -27,14 +33,14 @@ def test_schedule_warms_up_then_decays_linearly():
 
 def test_fit_learns_and_checkpoints(toy_bert, tmp_path):
     strategy, model, optimizer, data = _setup(toy_bert)
+    before = _loss(model, data)
     config = TrainConfig(epochs=8, checkpoint_every=4)
     scores = iter(range(100))  # improves every time: the best weights are the last ones
     state = fit(model, optimizer, lambda epoch, skip: data.skip(skip), 1, config, strategy,
                 str(tmp_path), evaluate=lambda m: {"accuracy": float(next(scores))})
     assert state.step == 8 and len(state.history) == 8
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("ckpt-8")
-    logits = model(next(iter(data))[0]).numpy()
-    assert (logits.argmax(axis=1) == [0, 1, 0, 1]).all()
+    assert _loss(model, data) < before
 
 
 def test_nan_loss_stops_with_the_step_and_last_checkpoint(toy_bert, tmp_path):

@@ -81,8 +81,7 @@ def _check_export(model, encoder, export_dir, datasets, seq):
     split = "test" if "test" in datasets else "validation"
     texts = [t.decode() for t, _ in datasets[split].take(8).as_numpy_iterator()]
     served = tp.serve_in_fresh_process(export_dir, texts)
-    inputs = encoder.preprocessor.bert_pack_inputs([encoder.preprocessor.tokenize(tf.constant(texts))],
-                                                   seq_length=tf.constant(seq))
+    inputs = tp.pack_texts(encoder.preprocessor, tf.constant(texts), seq)
     in_memory = tf.nn.softmax(model(inputs, training=False)).numpy()
     print(f"export check: fresh-process probabilities vs in-memory, max abs diff "
           f"{abs(served - in_memory).max():.2e} on {len(texts)} {split} texts")

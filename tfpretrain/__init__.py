@@ -3,7 +3,7 @@
 Public API (see README.md):
     load_encoder, HubLayer, load_saved_model, resolve_handle   — pretrained encoders
     build_bert_classifier, build_classification_head           — models
-    make_text_datasets, tokenize_texts, make_batches           — data
+    make_text_datasets, tokenize_texts, make_batches, pack_texts — data
     build_strategy, fit, build_optimizer                       — training
     evaluate_classifier, classification_metrics, format_report — evaluation
     export_text_classifier, serve_in_fresh_process             — export
@@ -11,7 +11,7 @@ Public API (see README.md):
 """
 
 from tfpretrain.config import TextClassifierConfig
-from tfpretrain.data.pipeline import make_batches, tokenize_texts
+from tfpretrain.data.pipeline import make_batches, pack_texts, tokenize_texts
 from tfpretrain.data.text import make_text_datasets
 from tfpretrain.distribute import build_strategy, per_replica_batch_size
 from tfpretrain.encoders.bert import load_encoder
@@ -43,6 +43,7 @@ __all__ = [
     "load_saved_model",
     "make_batches",
     "make_text_datasets",
+    "pack_texts",
     "per_replica_batch_size",
     "resolve_handle",
     "serve_in_fresh_process",

@@ -9,6 +9,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from tfpretrain.data.pipeline import pack_texts
 from tfpretrain.files import atomic_directory
 
 
@@ -33,8 +34,7 @@ def export_text_classifier(model, preprocessor, label_names, seq_length, path):
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(text):
-        tokens = preprocessor.tokenize(text)
-        inputs = preprocessor.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length))
+        inputs = pack_texts(preprocessor, text, seq_length)
         # Compute only up to the longest text in the batch, as training did.
         longest = tf.maximum(tf.reduce_max(tf.reduce_sum(inputs["input_mask"], axis=1)), 1)
         inputs = {key: value[:, :longest] for key, value in inputs.items()}

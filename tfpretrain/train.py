@@ -8,6 +8,7 @@ run resumes at the batch where it stopped.
 """
 
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -153,6 +154,7 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
     train_step = _make_train_step(model, optimizer, strategy, config.clip_norm)
     step, started, first_step = int(counters["step"]), time.time(), int(counters["step"])
     writer = tf.summary.create_file_writer(os.path.join(workdir, "logs", "train"))
+    eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "logs", "validation"))
     stopped_early = False
 
     def run_evaluation():
@@ -160,7 +162,7 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
         metrics = evaluate(model)
         record = {"step": step, "epoch": round(step / steps_per_epoch, 2), **metrics}
         history.append(record)
-        _log_eval(workdir, record)
+        _log_eval(workdir, record, eval_writer)
         value = metrics[config.best_metric]
         if value > float(best_value):
             best_value.assign(value)
@@ -223,8 +225,6 @@ def _history_path(workdir):
 
 
 def _load_history(workdir):
-    import json
-
     path = _history_path(workdir)
     if not os.path.exists(path):
         return []
@@ -234,15 +234,12 @@ def _load_history(workdir):
     return list({record["step"]: record for record in records}.values())
 
 
-def _log_eval(workdir, record):
-    import json
-
+def _log_eval(workdir, record, writer):
     printable = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
     print(f"  validation: {printable}", flush=True)
     os.makedirs(os.path.dirname(_history_path(workdir)), exist_ok=True)
     with open(_history_path(workdir), "a") as f:
         f.write(json.dumps(record) + "\n")
-    writer = tf.summary.create_file_writer(os.path.join(workdir, "logs", "validation"))
     with writer.as_default(step=record["step"]):
         for key, value in record.items():
             if isinstance(value, float):

@@ -10,6 +10,12 @@ import tensorflow as tf
 _TOKENIZE_BATCH = 256
 
 
+def pack_texts(preprocessor, texts, seq_length):
+    """A batch of strings → padded BERT inputs, with a TF Hub-format preprocessor (graph or eager)."""
+    tokens = preprocessor.tokenize(texts)
+    return preprocessor.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length))
+
+
 def tokenize_texts(dataset, preprocessor, seq_length):
     """(text, label) → ({input_word_ids, input_mask, input_type_ids}, label), unpadded.
 
@@ -19,9 +25,7 @@ def tokenize_texts(dataset, preprocessor, seq_length):
     """
 
     def pack(texts, labels):
-        tokens = preprocessor.tokenize(texts)
-        inputs = preprocessor.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length))
-        return inputs, labels
+        return pack_texts(preprocessor, texts, seq_length), labels
 
     def unpad(inputs, label):
         length = tf.reduce_sum(inputs["input_mask"])

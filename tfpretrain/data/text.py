@@ -124,6 +124,6 @@ def make_text_datasets(config):
     if len(names) < 2:
         raise DataError(f"the training data has a single class ({names}); a classifier needs two or more")
     for split, dataset in datasets.items():
-        if dataset.take(1).cardinality() == 0 or not any(True for _ in dataset.take(1)):
+        if not any(True for _ in dataset.take(1)):
             raise DataError(f"the {split} split is empty (data.{split}_split / data.{split}_file)")
     return datasets, names

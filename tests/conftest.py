@@ -61,3 +61,19 @@ def run_python(args, env=None, timeout=600):
     full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def toy_use(tmp_path_factory):
+    """Directories of tiny strings → vectors SavedModels: {"call": with __call__,
+    "signature": serving_default only, "from_bert": the toy BERT as a sentence encoder}."""
+    from tfpretrain.encoders.toy import export_toy_bert, export_toy_sentence_encoder
+    from tfpretrain.hub_format import export_sentence_encoder
+
+    base = tmp_path_factory.mktemp("toy_use")
+    encoder, preprocessor = export_toy_bert(str(base / "bert"))
+    return {
+        "call": export_toy_sentence_encoder(str(base / "call")),
+        "signature": export_toy_sentence_encoder(str(base / "signature"), signature_only=True),
+        "from_bert": export_sentence_encoder(encoder, preprocessor, str(base / "from_bert"), seq_length=32),
+    }

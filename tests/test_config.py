@@ -40,3 +40,12 @@ def test_help_lists_every_key():
     for key in ("--data.name=bbc_news", "--model.encoder=minilm_l6", "--train.global_batch_size",
                 "--runtime.strategy", "--export.enabled", "--workdir"):
         assert key in text
+
+
+def test_a_run_directory_refuses_a_different_run(tmp_path):
+    c.save_config(c.TextClassifierConfig(), str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    c.save_config(c.parse_args(c.TextClassifierConfig(), ["--export.enabled=false"]), str(tmp_path))
+    with pytest.raises(c.ConfigError, match=r"different config \(model.dropout, train.epochs\)"):
+        c.save_config(c.parse_args(c.TextClassifierConfig(), ["--train.epochs=5", "--model.dropout=0"]),
+                      str(tmp_path))

@@ -7,7 +7,7 @@ import tensorflow as tf
 from tests.conftest import TOY_ROWS, write_csv
 from tfpretrain.config import DataConfig
 from tfpretrain.data import tfds as tp_tfds
-from tfpretrain.data.pipeline import make_batches, tokenize_texts
+from tfpretrain.data.pipeline import make_batches, pack_texts, tokenize_texts
 from tfpretrain.data.text import make_text_datasets
 from tfpretrain.encoders.bert import load_encoder
 
@@ -101,3 +101,19 @@ def test_batches_are_padded_to_their_own_length(toy_bert):
     skipped = [x["input_word_ids"].numpy().tolist() for x, _ in make_batches(examples, 8, 32, shuffle_seed=1, skip_batches=3)]
     assert skipped == first[3:]
     assert sum(int(np.sum(x["input_mask"])) for x, _ in make_batches(examples, 8, 32)) == 40 * 3 + 40 * 22
+
+
+def test_head_tail_truncation_keeps_a_quarter_from_the_start_and_the_rest_from_the_end(toy_bert):
+    loaded = load_encoder(*toy_bert)
+    good, bad, fun = loaded.preprocessor.tokenize(tf.constant(["good bad fun"])).flat_values.numpy()
+    cls, sep = 2, 3  # the toy vocabulary's [CLS] and [SEP]
+    texts = tf.constant([" ".join(["good"] * 10 + ["bad"] * 10 + ["fun"] * 10), "good film"])
+    head = pack_texts(loaded.preprocessor, texts, 18)["input_word_ids"].numpy()
+    both = tf.function(lambda t: pack_texts(loaded.preprocessor, t, 18, "head_tail"))(texts)
+    ids = both["input_word_ids"].numpy()
+    # 16 tokens of room: 4 from the start, 12 from the end.
+    assert ids[0].tolist() == [cls] + [good] * 4 + [bad] * 2 + [fun] * 10 + [sep]
+    assert head[0].tolist() == [cls] + [good] * 10 + [bad] * 6 + [sep]
+    assert ids[1].tolist() == head[1].tolist()  # short texts are untouched
+    with pytest.raises(ValueError, match="truncation"):
+        pack_texts(loaded.preprocessor, texts, 18, "middle")

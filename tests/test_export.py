@@ -11,7 +11,7 @@ TEXTS = ["good movie", "the worst plot", "Café ß 東京 🍕 https://x.org", "
 def test_fresh_process_reproduces_in_memory_probabilities(toy_bert, tmp_path):
     loaded = load_encoder(*toy_bert, trainable=True)
     model = build_bert_classifier(loaded.layer, 3, pooling="mean")
-    path = export_text_classifier(model, loaded.preprocessor, ["a", "b", "c"], 32, str(tmp_path / "export"))
+    path = export_text_classifier(model, ["a", "b", "c"], str(tmp_path / "export"), loaded.preprocessor, 32)
     inputs = loaded.preprocessor.bert_pack_inputs([loaded.preprocessor.tokenize(tf.constant(TEXTS))],
                                                   seq_length=32)
     in_memory = tf.nn.softmax(model(inputs, training=False)).numpy()
@@ -24,7 +24,7 @@ def test_fresh_process_reproduces_in_memory_probabilities(toy_bert, tmp_path):
 def test_export_serves_labels_and_empty_batches(toy_bert, tmp_path):
     loaded = load_encoder(*toy_bert)
     model = build_bert_classifier(loaded.layer, 2)
-    export_text_classifier(model, loaded.preprocessor, ["neg", "pos"], 32, str(tmp_path / "e"))
+    export_text_classifier(model, ["neg", "pos"], str(tmp_path / "e"), loaded.preprocessor, 32)
     serve = tf.saved_model.load(str(tmp_path / "e")).signatures["serving_default"]
     out = serve(text=tf.constant(["good", ""]))
     assert set(out) == {"probabilities", "label_id", "label"}

@@ -2,50 +2,65 @@
 
 Public API (see README.md):
     load_encoder, HubLayer, load_saved_model, resolve_handle   — pretrained encoders
-    build_bert_classifier, build_classification_head           — models
+    load_sentence_encoder, embed_texts, load_embeddings        — sentence encoders (USE-style)
+    build_bert_classifier, build_sentence_classifier,
+    build_classification_head                                  — models
     make_text_datasets, tokenize_texts, make_batches, pack_texts — data
     build_strategy, fit, build_optimizer                       — training
-    evaluate_classifier, classification_metrics, format_report — evaluation
-    export_text_classifier, serve_in_fresh_process             — export
-    export_bert_encoder, export_bert_preprocessor              — TF Hub-format writers
+    evaluate_classifier, classification_metrics, format_report,
+    write_model_card, print_summary                            — evaluation and reports
+    export_text_classifier, serve_in_fresh_process, check_export — export
+    export_bert_encoder, export_bert_preprocessor,
+    export_sentence_encoder                                    — TF Hub-format writers
 """
 
-from tfpretrain.config import TextClassifierConfig
+from tfpretrain.config import SentenceClassifierConfig, TextClassifierConfig
 from tfpretrain.data.pipeline import make_batches, pack_texts, tokenize_texts
 from tfpretrain.data.text import make_text_datasets
 from tfpretrain.distribute import build_strategy, per_replica_batch_size
 from tfpretrain.encoders.bert import load_encoder
-from tfpretrain.evaluate import classification_metrics, evaluate_classifier, format_report
-from tfpretrain.export import export_text_classifier, serve_in_fresh_process
+from tfpretrain.encoders.sentence import embed_texts, load_embeddings, load_sentence_encoder
+from tfpretrain.evaluate import (classification_metrics, evaluate_classifier, format_report,
+                                 print_summary, write_model_card)
+from tfpretrain.export import check_export, export_text_classifier, serve_in_fresh_process
 from tfpretrain.heads import build_classification_head
 from tfpretrain.hub import HubLayer, load_saved_model, resolve_handle
-from tfpretrain.hub_format import export_bert_encoder, export_bert_preprocessor
-from tfpretrain.models import build_bert_classifier
+from tfpretrain.hub_format import export_bert_encoder, export_bert_preprocessor, export_sentence_encoder
+from tfpretrain.models import build_bert_classifier, build_sentence_classifier
 from tfpretrain.train import build_optimizer, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
     "HubLayer",
+    "SentenceClassifierConfig",
     "TextClassifierConfig",
     "build_bert_classifier",
     "build_classification_head",
     "build_optimizer",
+    "build_sentence_classifier",
     "build_strategy",
+    "check_export",
     "classification_metrics",
+    "embed_texts",
     "evaluate_classifier",
     "export_bert_encoder",
     "export_bert_preprocessor",
+    "export_sentence_encoder",
     "export_text_classifier",
     "fit",
     "format_report",
+    "load_embeddings",
     "load_encoder",
     "load_saved_model",
+    "load_sentence_encoder",
     "make_batches",
     "make_text_datasets",
     "pack_texts",
     "per_replica_batch_size",
+    "print_summary",
     "resolve_handle",
     "serve_in_fresh_process",
     "tokenize_texts",
+    "write_model_card",
 ]

@@ -11,6 +11,7 @@ Example:
 
 import dataclasses
 import json
+import os
 import typing
 
 
@@ -45,6 +46,8 @@ class ModelConfig:
     preprocessor: str = _help("matching TF Hub-format preprocessor ('' = the preset's)", "")
     seq_length: int = _help("maximum tokens per example (batches are padded to their own "
                             "longest example)", 256)
+    truncation: str = _help("tokens kept of longer texts: 'head' (the first seq_length) or "
+                            "'head_tail' (a quarter from the start, the rest from the end)", "head_tail")
     trainable: bool = _help("fine-tune the encoder (false: train the head only)", True)
     pooling: str = _help("'mean' (masked mean of sequence_output) or 'pooled' (pooled_output)",
                          "mean")
@@ -86,6 +89,38 @@ class TextClassifierConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+
+@dataclasses.dataclass
+class SentenceModelConfig:
+    encoder: str = _help("preset name, local dir, gs:// path or tfhub.dev/Kaggle URL of a "
+                         "sentence encoder (strings in, [batch, dim] out)", "minilm_l6_sentence")
+    signature: str = _help("call this signature instead of __call__ ('' = __call__ if the model "
+                           "has one, else serving_default)", "")
+    output_key: str = _help("output to take when the model returns a dict ('' = its only one)", "")
+    trainable: bool = _help("fine-tune the encoder end to end (false: train the head on cached "
+                            "embeddings)", False)
+    hidden_units: str = _help("comma-separated hidden layer sizes of the MLP head ('' = linear)", "256")
+    dropout: float = _help("dropout before each head layer", 0.1)
+
+
+@dataclasses.dataclass
+class SentenceTrainConfig(TrainConfig):
+    epochs: int = _help("passes over the training split (0 = 30 frozen, 3 fine-tuned)", 0)
+    learning_rate: float = _help("peak AdamW learning rate (0 = 1e-3 frozen, 1e-4 fine-tuned)", 0.0)
+
+
+@dataclasses.dataclass
+class SentenceClassifierConfig:
+    workdir: str = _help("run directory (config, checkpoints, logs, metrics, export)",
+                         "runs/use_text_classifier")
+    embedding_cache: str = _help("cached embeddings of a frozen encoder ('' = "
+                                 "$TFPRETRAIN_CACHE/embeddings)", "")
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: SentenceModelConfig = dataclasses.field(default_factory=SentenceModelConfig)
+    train: SentenceTrainConfig = dataclasses.field(default_factory=SentenceTrainConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
 
@@ -194,3 +229,40 @@ def parse_args(config, argv):
         if key != "config":
             set_value(config, key, value)
     return config
+
+
+_RUN_DEFINING = ("data", "model", "train")
+
+
+def save_config(config, workdir):
+    """Writes ``workdir/config.json``; refuses a run directory that holds a different run.
+
+    Resuming needs the same ``data``, ``model`` and ``train`` sections: checkpoints of another
+    model or schedule would fail to restore or silently continue the wrong run. The other
+    sections (runtime, export, paths) may change between a run and its resumption.
+    """
+    from tfpretrain.files import write_json
+
+    path = os.path.join(workdir, "config.json")
+    current = to_dict(config)
+    if os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        changed = sorted(k for k in set(_flatten(saved)) | set(_flatten(current))
+                         if k.split(".")[0] in _RUN_DEFINING
+                         and _flatten(saved).get(k) != _flatten(current).get(k))
+        if changed:
+            raise ConfigError(
+                f"{workdir} holds a run with a different config ({', '.join(changed)}); use another "
+                "--workdir, or delete it to start over")
+    write_json(path, current)
+
+
+def _flatten(data, prefix=""):
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

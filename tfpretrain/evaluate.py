@@ -1,7 +1,11 @@
 """Classification metrics and reports: accuracy, macro P/R/F1, per-class scores, confusion matrix."""
 
+import os
+
 import numpy as np
 import tensorflow as tf
+
+from tfpretrain.files import write_text
 
 
 def predict_logits(model, batches):
@@ -72,3 +76,28 @@ def format_report(metrics, label_names):
     for name, row in zip(label_names, metrics["confusion_matrix"]):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>9}" for v in row))
     return "\n".join(lines)
+
+
+def write_model_card(workdir, title, results, label_names, recipe):
+    """Writes ``workdir/README.md``: what the run trained, its test scores, how to serve and rerun."""
+    test = results.get("test", {})
+    lines = [f"# {title}", "", f"- labels: {', '.join(label_names)}",
+             f"- training steps: {results['steps']}",
+             f"- test accuracy: {test.get('accuracy', float('nan')):.4f}, "
+             f"macro F1: {test.get('macro_f1', float('nan')):.4f}",
+             "- serving: `export/`, signature `serving_default(text: string[batch])` → "
+             "`probabilities`, `label_id`, `label`", "",
+             f"Reproduce: `python -m recipes.{recipe} --config config.json`", ""]
+    write_text(os.path.join(workdir, "README.md"), "\n".join(lines))
+
+
+def print_summary(workdir, results, artifacts):
+    """The end-of-run table: test scores, training time, and the path of every artifact."""
+    print("\nSummary")
+    test = results.get("test")
+    if test:
+        print(f"  test accuracy   {test['accuracy']:.4f}   macro F1 {test['macro_f1']:.4f} "
+              f"  ({test['examples']} examples)")
+    print(f"  steps           {results['steps']} in {results['train_seconds']} s")
+    for name, relative in artifacts.items():
+        print(f"  {name:<15} {os.path.join(workdir, relative)}")

@@ -3,20 +3,24 @@
 import keras
 
 
-def build_classification_head(num_classes, dropout=0.1, seed=None, name="classifier"):
-    """Dropout → Dense logits, as a ``keras.Sequential``.
+def build_classification_head(num_classes, dropout=0.1, seed=None, hidden_units=(), name="classifier"):
+    """[Dropout → Dense(relu)] per hidden layer, then Dropout → Dense logits, as a ``keras.Sequential``.
 
     Example:
         >>> head = build_classification_head(5)
         >>> head(keras.ops.zeros((2, 384))).shape
         (2, 5)
+        >>> build_classification_head(5, hidden_units=(256,))(keras.ops.zeros((2, 384))).shape
+        (2, 5)
     """
-    return keras.Sequential(
-        [keras.layers.Dropout(dropout, seed=seed),
-         keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.TruncatedNormal(
-             stddev=0.02, seed=seed), name="logits")],
-        name=name,
-    )
+    layers = []
+    for index, units in enumerate(hidden_units):
+        layers += [keras.layers.Dropout(dropout, seed=seed),
+                   keras.layers.Dense(units, activation="relu", name=f"hidden_{index}")]
+    layers += [keras.layers.Dropout(dropout, seed=seed),
+               keras.layers.Dense(num_classes, kernel_initializer=keras.initializers.TruncatedNormal(
+                   stddev=0.02, seed=seed), name="logits")]
+    return keras.Sequential(layers, name=name)
 
 
 def masked_mean(sequence, mask):

@@ -179,3 +179,55 @@ def export_bert_preprocessor(vocab_file, path, lower_case=True, seq_length=128):
     module.__call__ = serve
     with atomic_directory(path) as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": serve})
+
+
+def export_sentence_encoder(encoder_dir, preprocessor_dir, path, seq_length=256):
+    """Writes a Universal-Sentence-Encoder-contract SavedModel from a TF Hub BERT pair.
+
+    The result is called on a 1-D batch of strings and returns mean-pooled, L2-normalised
+    ``[batch, width]`` embeddings (how sentence-transformers models embed), tokenisation inside:
+    ``__call__(texts, training=False)`` and ``serving_default(inputs) -> {"outputs"}``, the
+    names TF Hub's USE uses. Texts longer than ``seq_length`` tokens are truncated. The
+    encoder's variables stay trainable, so the model can be fine-tuned end to end.
+
+    Example:
+        >>> export_sentence_encoder("/tmp/pair/encoder", "/tmp/pair/preprocessor",
+        ...                         "/tmp/sentence")  # doctest: +SKIP
+        >>> tf.saved_model.load("/tmp/sentence")(tf.constant(["hello"])).shape  # doctest: +SKIP
+        TensorShape([1, 384])
+    """
+    import tensorflow_text  # noqa: F401  (the preprocessor's ops)
+
+    encoder = tf.saved_model.load(encoder_dir)
+    preprocessor = tf.saved_model.load(preprocessor_dir)
+    strings = tf.TensorSpec([None], tf.string, name="inputs")
+
+    @tf.function
+    def call(texts, training=False):
+        tokens = preprocessor.tokenize(texts)
+        inputs = preprocessor.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length))
+        # Compute only up to the longest text in the batch.
+        longest = tf.maximum(tf.reduce_max(tf.reduce_sum(inputs["input_mask"], axis=1)), 1)
+        inputs = {key: value[:, :longest] for key, value in inputs.items()}
+        sequence = encoder(inputs, training=training)["sequence_output"]
+        mask = tf.cast(inputs["input_mask"], sequence.dtype)[..., tf.newaxis]
+        mean = tf.reduce_sum(sequence * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1e-9)
+        return tf.math.l2_normalize(mean, axis=-1)
+
+    @tf.function(input_signature=[strings])
+    def serve(inputs):
+        return {"outputs": call(inputs, training=False)}
+
+    for training in (False, True):
+        call.get_concrete_function(strings, training=training)
+    saved = tf.__internal__.tracking.AutoTrackable()
+    saved.encoder = encoder
+    saved.preprocessor = preprocessor
+    saved.__call__ = call
+    saved.serving = serve
+    saved.variables = list(encoder.variables)
+    saved.trainable_variables = list(encoder.trainable_variables)
+    saved.regularization_losses = []
+    with atomic_directory(path) as tmp:
+        tf.saved_model.save(saved, tmp, signatures={"serving_default": serve})
+    return path

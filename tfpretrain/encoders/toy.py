@@ -1,7 +1,8 @@
-"""A tiny BERT in the TF Hub format, with the same contracts as the real ones, for tests.
+"""Tiny encoders with the same contracts as the real ones, for tests.
 
-Random weights, a 2-layer 16-wide transformer and a small word-level WordPiece vocabulary:
-it exports in a second and trains in milliseconds per step.
+A TF Hub-format BERT (random weights, a 2-layer 16-wide transformer, a small word-level
+WordPiece vocabulary) and a Universal-Sentence-Encoder-contract model (hashed-word
+embeddings): each exports in a second and trains in milliseconds per step.
 """
 
 import os
@@ -42,3 +43,34 @@ def export_toy_bert(directory, words=TOY_WORDS, num_layers=2, hidden_dim=16, see
     export_bert_encoder(backbone, encoder)
     export_bert_preprocessor(vocab_file, preprocessor, lower_case=True, seq_length=32)
     return encoder, preprocessor
+
+
+def export_toy_sentence_encoder(directory, dim=8, buckets=64, signature_only=False, seed=0):
+    """Writes a tiny Universal-Sentence-Encoder-contract SavedModel at ``directory``.
+
+    Strings in, ``[batch, dim]`` float32 out: the mean of hashed-word embeddings (trainable).
+    ``signature_only=True`` saves it with only a ``serving_default`` signature (input
+    ``sentences``, output ``embedding``) and no ``__call__``, as some hub models are.
+
+    Example:
+        >>> path = export_toy_sentence_encoder("/tmp/toy_use")  # doctest: +SKIP
+        >>> tf.saved_model.load(path)(tf.constant(["good film"])).shape  # doctest: +SKIP
+        TensorShape([1, 8])
+    """
+    import tensorflow as tf
+
+    root = tf.Module()
+    root.table = tf.Variable(tf.random.stateless_normal([buckets, dim], seed=[seed, 0]), name="table")
+
+    def embed(texts):
+        words = tf.strings.split(tf.strings.lower(texts))
+        vectors = tf.gather(root.table, tf.strings.to_hash_bucket_fast(words, buckets))
+        counts = tf.cast(tf.maximum(words.row_lengths(), 1), tf.float32)[:, tf.newaxis]
+        return tf.reduce_sum(vectors, axis=1) / counts
+
+    strings = tf.TensorSpec([None], tf.string, name="sentences")
+    serve = tf.function(lambda sentences: {"embedding": embed(sentences)}, input_signature=[strings])
+    if not signature_only:
+        root.__call__ = tf.function(embed, input_signature=[strings])
+    tf.saved_model.save(root, directory, signatures={"serving_default": serve})
+    return directory

@@ -2,8 +2,9 @@
 
 Default: the offline all-MiniLM-L6-v2 sentence encoder (minilm_l6_sentence), frozen, on BBC News:
 each split is embedded once and cached (reused by later runs with the same encoder and data),
-then an MLP head trains on the cache in seconds. --model.trainable=true fine-tunes end to end.
-Either way the export takes raw strings and holds the encoder.
+then an MLP head trains on the cache in seconds. --model.trainable=true then fine-tunes the whole
+model end to end, starting from that trained head. Either way the export takes raw strings and
+holds the encoder.
 
     python -m recipes.use_text_classifier
     python -m recipes.use_text_classifier --model.hidden_units= --model.dropout=0.2
@@ -11,10 +12,10 @@ Either way the export takes raw strings and holds the encoder.
     python -m recipes.use_text_classifier --model.encoder=https://tfhub.dev/google/universal-sentence-encoder/4
 """
 
+import dataclasses
 import os
 import sys
 
-import keras
 import tensorflow as tf
 
 import tfpretrain as tp
@@ -23,12 +24,9 @@ from tfpretrain import cli, config as config_lib, files, zoo
 
 def main(cfg):
     workdir = os.path.abspath(cfg.workdir)
-    frozen = not cfg.model.trainable
-    cfg.train.epochs = cfg.train.epochs or (30 if frozen else 3)
-    cfg.train.learning_rate = cfg.train.learning_rate or (1e-3 if frozen else 1e-4)
     hidden = [int(u) for u in cfg.model.hidden_units.split(",") if u.strip()]
     config_lib.save_config(cfg, workdir)
-    keras.utils.set_random_seed(cfg.train.seed)
+    tp.set_seed(cfg.train.seed, cfg.runtime.deterministic)
     strategy = tp.build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
     tp.per_replica_batch_size(cfg.train.global_batch_size, strategy)
     datasets, label_names = tp.make_text_datasets(cfg.data)
@@ -38,46 +36,34 @@ def main(cfg):
         head = tp.build_classification_head(len(label_names), cfg.model.dropout, cfg.train.seed, hidden)
         head.build((None, encoder.dim))
         model = tp.build_sentence_classifier(encoder.layer, head)
-    if frozen:  # the head trains alone, on embeddings computed once
-        cache = cfg.embedding_cache or os.path.join(zoo.cache_dir(), "embeddings")
-        print(f"embeddings of {cfg.model.encoder} (fingerprint {encoder.fingerprint}), cache {cache}")
-        examples = {s: tf.data.Dataset.from_tensor_slices(tp.load_embeddings(encoder, d, cache, s)).cache()
-                    for s, d in datasets.items()}
-        trained = head
-    else:
-        examples = {s: d.cache() for s, d in datasets.items()}
-        trained = model
-    batch = cfg.train.global_batch_size
-
-    def train_batches(epoch, skip):
-        return (examples["train"].shuffle(cfg.data.shuffle_buffer, seed=cfg.train.seed + epoch,
-                                          reshuffle_each_iteration=False)
-                .batch(batch).skip(skip).prefetch(tf.data.AUTOTUNE))
-
-    def eval_batches(split):
-        return examples[split].batch(batch).prefetch(tf.data.AUTOTUNE)
-
-    steps_per_epoch = sum(1 for _ in eval_batches("train"))
-    total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    with strategy.scope():
-        optimizer = tp.build_optimizer(cfg.train, total)
-    trainable = sum(int(tf.size(v)) for v in trained.trainable_variables)
-    print(f"replicas {strategy.num_replicas_in_sync} | global batch {batch} | steps/epoch "
-          f"{steps_per_epoch} | total steps {total} | trainable parameters {trainable:,} | "
-          f"encoder {cfg.model.encoder} ({'frozen, cached' if frozen else 'fine-tuned'}, "
-          f"dim {encoder.dim}) | labels {label_names}", flush=True)
-    evaluate = (lambda m: _scalars(tp.evaluate_classifier(m, eval_batches("validation"), label_names))
-                ) if "validation" in examples else None
-    state = tp.fit(trained, optimizer, train_batches, steps_per_epoch, cfg.train, strategy, workdir,
-                   evaluate=evaluate)
-    results = {"steps": state.step, "train_seconds": round(state.seconds, 1), "best_validation": state.best,
-               "validation_history": state.history, "label_names": label_names}
+    # The head first trains alone on embeddings computed once; fine-tuning then starts from a
+    # trained head, not a random one ("linear probing, then fine-tuning", Kumar et al. 2022).
+    cache = cfg.embedding_cache or os.path.join(zoo.cache_dir(), "embeddings")
+    print(f"embeddings of {cfg.model.encoder} (dim {encoder.dim}, fingerprint {encoder.fingerprint}), "
+          f"cache {cache}")
+    cached = {s: tf.data.Dataset.from_tensor_slices(tp.load_embeddings(encoder, d, cache, s)).cache()
+              for s, d in datasets.items()}
+    head_config = dataclasses.replace(cfg.train, epochs=cfg.train.head_epochs,
+                                      learning_rate=cfg.train.head_learning_rate)
+    head_dir = os.path.join(workdir, "head") if cfg.model.trainable else workdir
+    state = _train(head, cached, head_config, strategy, head_dir, label_names, "head on cached embeddings",
+                   cfg.data.shuffle_buffer)
+    trained, examples = head, cached
+    if cfg.model.trainable:
+        trained, examples = model, {s: d.cache() for s, d in datasets.items()}
+        state = _train(model, examples, cfg.train, strategy, workdir, label_names, "model end to end",
+                       cfg.data.shuffle_buffer)
+    # metrics.json is a pure function of config and data (bit-identical across reruns and
+    # resumes); wall-clock times go to timing.json.
+    results = {"steps": state.step, "best_validation": state.best, "validation_history": state.history,
+               "label_names": label_names}
+    files.write_json(os.path.join(workdir, "timing.json"), {"train_seconds": round(state.seconds, 1)})
     if "test" in examples:
-        results["test"] = tp.evaluate_classifier(trained, eval_batches("test"), label_names)
+        results["test"] = tp.evaluate_classifier(trained, _batches(examples["test"], cfg.train), label_names)
         print(tp.format_report(results["test"], label_names))
     files.write_json(os.path.join(workdir, "metrics.json"), results)
-    artifacts = {"config": "config.json", "metrics": "metrics.json", "checkpoints": "checkpoints/",
-                 "tensorboard": "logs/"}
+    artifacts = {"config": "config.json", "metrics": "metrics.json", "timing": "timing.json",
+                 "checkpoints": "checkpoints/", "tensorboard": "logs/"}
     if cfg.export.enabled:
         export_dir = os.path.join(workdir, "export")
         tp.export_text_classifier(model, label_names, export_dir)
@@ -88,11 +74,34 @@ def main(cfg):
     title = f"Text classifier: {cfg.model.encoder} on {cfg.data.train_file or cfg.data.name}"
     tp.write_model_card(workdir, title, results, label_names, "use_text_classifier")
     artifacts["model card"] = "README.md"
-    tp.print_summary(workdir, results, artifacts)
+    tp.print_summary(workdir, results, artifacts, state.seconds)
 
 
-def _scalars(metrics):
-    return {k: v for k, v in metrics.items() if isinstance(v, float)}
+def _batches(examples, train_config, epoch=None, skip=0, shuffle_buffer=0):
+    if epoch is not None:  # training: the order is a function of (seed, epoch) only
+        examples = examples.shuffle(shuffle_buffer, seed=train_config.seed + epoch,
+                                    reshuffle_each_iteration=False)
+    return examples.batch(train_config.global_batch_size).skip(skip).prefetch(tf.data.AUTOTUNE)
+
+
+def _train(trained, examples, train_config, strategy, workdir, label_names, what, shuffle_buffer):
+    steps_per_epoch = sum(1 for _ in _batches(examples["train"], train_config))
+    total = train_config.max_steps or train_config.epochs * steps_per_epoch
+    with strategy.scope():
+        optimizer = tp.build_optimizer(train_config, total)
+    trainable = sum(int(tf.size(v)) for v in trained.trainable_variables)
+    print(f"training the {what}: replicas {strategy.num_replicas_in_sync} | global batch "
+          f"{train_config.global_batch_size} | steps/epoch {steps_per_epoch} | total steps {total} | "
+          f"trainable parameters {trainable:,} | labels {label_names}", flush=True)
+    evaluate = None
+    if "validation" in examples:
+        evaluate = lambda m: tp.evaluate_classifier(  # noqa: E731
+            m, _batches(examples["validation"], train_config), label_names)
+    def train_batches(epoch, skip):
+        return _batches(examples["train"], train_config, epoch, skip, shuffle_buffer)
+
+    return tp.fit(trained, optimizer, train_batches, steps_per_epoch, train_config, strategy, workdir,
+                  evaluate=evaluate)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,18 @@ def test_minilm_l6_matches_sentence_transformers():
     expected = np.array([s["embedding"] for s in reference["sentences"]])
     assert np.abs(embeddings - expected).max() <= 1e-5
     assert len(out["encoder_outputs"]) == 6 and out["pooled_output"].shape == (len(texts), 384)
+
+
+@pytest.mark.package_index
+def test_minilm_l6_sentence_matches_sentence_transformers_in_a_fresh_process():
+    from tfpretrain.export import serve_in_fresh_process
+
+    info = zoo.load_preset("minilm_l6_sentence")  # built from minilm_l6, once per cache
+    assert info["contract"] == "sentence" and "preprocessor" not in info
+    reference = json.load(open(REFERENCE, encoding="utf-8"))
+    texts = [s["text"] for s in reference["sentences"]]
+    expected = np.array([s["embedding"] for s in reference["sentences"]])
+    # Only tensorflow + tensorflow_text in that process; USE's signature names.
+    served = serve_in_fresh_process(info["encoder"], texts, "inputs", "outputs")
+    assert served.shape == (len(texts), 384)
+    assert np.abs(served - expected).max() <= 1e-5

@@ -6,7 +6,7 @@ Public API (see README.md):
     build_bert_classifier, build_sentence_classifier,
     build_classification_head                                  — models
     make_text_datasets, tokenize_texts, make_batches, pack_texts — data
-    build_strategy, fit, build_optimizer                       — training
+    build_strategy, fit, build_optimizer, set_seed             — training
     evaluate_classifier, classification_metrics, format_report,
     write_model_card, print_summary                            — evaluation and reports
     export_text_classifier, serve_in_fresh_process, check_export — export
@@ -14,7 +14,7 @@ Public API (see README.md):
     export_sentence_encoder                                    — TF Hub-format writers
 """
 
-from tfpretrain.config import SentenceClassifierConfig, TextClassifierConfig
+from tfpretrain.config import EmbedConfig, SentenceClassifierConfig, TextClassifierConfig
 from tfpretrain.data.pipeline import make_batches, pack_texts, tokenize_texts
 from tfpretrain.data.text import make_text_datasets
 from tfpretrain.distribute import build_strategy, per_replica_batch_size
@@ -27,12 +27,15 @@ from tfpretrain.heads import build_classification_head
 from tfpretrain.hub import HubLayer, load_saved_model, resolve_handle
 from tfpretrain.hub_format import export_bert_encoder, export_bert_preprocessor, export_sentence_encoder
 from tfpretrain.models import build_bert_classifier, build_sentence_classifier
-from tfpretrain.train import build_optimizer, fit
+from tfpretrain.train import Preempted, TrainingError, build_optimizer, fit, set_seed
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EmbedConfig",
     "HubLayer",
+    "Preempted",
+    "TrainingError",
     "SentenceClassifierConfig",
     "TextClassifierConfig",
     "build_bert_classifier",
@@ -61,6 +64,7 @@ __all__ = [
     "print_summary",
     "resolve_handle",
     "serve_in_fresh_process",
+    "set_seed",
     "tokenize_texts",
     "write_model_card",
 ]

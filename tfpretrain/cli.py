@@ -6,7 +6,7 @@ import sys
 from tfpretrain import config as config_lib
 
 # Errors a user can fix from the message alone: no traceback unless --debug.
-_USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+_USER_ERRORS = (ValueError, OSError, KeyError)  # OSError: missing files, unwritable or full disks
 
 
 def run(main, config, argv=None, description=""):
@@ -32,5 +32,5 @@ def run(main, config, argv=None, description=""):
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)
     return 0

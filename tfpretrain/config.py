@@ -37,6 +37,8 @@ class DataConfig:
     validation_split: str = _help("TFDS split for validation ('' = none)", "validation")
     test_split: str = _help("TFDS split for the final evaluation ('' = none)", "test")
     shuffle_buffer: int = _help("shuffle buffer (examples)", 10000)
+    invalid_utf8: str = _help("invalid UTF-8 in local files: 'replace' (with U+FFFD, counted in the "
+                              "log) or 'error'", "replace")
 
 
 @dataclasses.dataclass
@@ -75,6 +77,8 @@ class TrainConfig:
 class RuntimeConfig:
     strategy: str = _help("auto | one_device | mirrored | multi_worker | tpu", "auto")
     tpu: str = _help("TPU address for strategy=tpu ('' = discover)", "")
+    deterministic: bool = _help("deterministic TensorFlow ops: same seed, bit-identical run on CPU "
+                                "(on GPU slower, and a few ops refuse)", True)
 
 
 @dataclasses.dataclass
@@ -108,8 +112,11 @@ class SentenceModelConfig:
 
 @dataclasses.dataclass
 class SentenceTrainConfig(TrainConfig):
-    epochs: int = _help("passes over the training split (0 = 30 frozen, 3 fine-tuned)", 0)
-    learning_rate: float = _help("peak AdamW learning rate (0 = 1e-3 frozen, 1e-4 fine-tuned)", 0.0)
+    head_epochs: int = _help("passes of the head over the cached embeddings (frozen mode, and the "
+                             "first phase of fine-tuning)", 30)
+    head_learning_rate: float = _help("peak AdamW learning rate of the head on cached embeddings", 1e-3)
+    epochs: int = _help("passes of end-to-end fine-tuning (model.trainable=true only)", 2)
+    learning_rate: float = _help("peak AdamW learning rate of end-to-end fine-tuning", 5e-5)
 
 
 @dataclasses.dataclass
@@ -123,6 +130,24 @@ class SentenceClassifierConfig:
     train: SentenceTrainConfig = dataclasses.field(default_factory=SentenceTrainConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+
+@dataclasses.dataclass
+class EmbedConfig:
+    output: str = _help("output directory (embeddings.npy, metadata.tsv)", "runs/embed")
+    encoder: str = _help("sentence encoder: preset, local dir, gs:// path or hub URL",
+                         "minilm_l6_sentence")
+    signature: str = _help("signature to call instead of __call__ ('' = automatic)", "")
+    output_key: str = _help("output to take from a dict-returning model ('' = its only one)", "")
+    text_file: str = _help("a text file, one text per line (instead of a dataset)", "")
+    dataset: str = _help("TFDS dataset name (when no text_file)", "bbc_news")
+    split: str = _help("TFDS split to embed; slicing works (test[:100])", "test")
+    data_dir: str = _help("TFDS data directory (default: $TFPRETRAIN_CACHE/tensorflow_datasets)", "")
+    text_key: str = _help("text feature ('' = guess)", "")
+    label_key: str = _help("label feature, written to metadata.tsv when present", "label")
+    batch_size: int = _help("texts per encoder call", 64)
+    projector: bool = _help("also write TensorBoard projector files (tensorboard --logdir OUTPUT)",
+                            False)
 
 
 def _convert(value, kind, key):
@@ -255,7 +280,11 @@ def save_config(config, workdir):
             raise ConfigError(
                 f"{workdir} holds a run with a different config ({', '.join(changed)}); use another "
                 "--workdir, or delete it to start over")
-    write_json(path, current)
+    try:
+        write_json(path, current)
+    except OSError as error:
+        raise OSError(f"cannot write to workdir {workdir} ({error.strerror or error}); choose another "
+                      "--workdir") from error
 
 
 def _flatten(data, prefix=""):

@@ -1,6 +1,7 @@
 """Classification metrics and reports: accuracy, macro P/R/F1, per-class scores, confusion matrix."""
 
 import os
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -8,9 +9,17 @@ import tensorflow as tf
 from tfpretrain.files import write_text
 
 
+# One compiled forward pass per model, reused by every evaluation of a run (a new tf.function
+# per call would retrace each bucket length at every evaluation).
+_FORWARD = weakref.WeakKeyDictionary()
+
+
 def predict_logits(model, batches):
     """(logits [N, C], labels [N]) for a dataset of ``(inputs, labels)`` batches."""
-    forward = tf.function(lambda inputs: model(inputs, training=False), reduce_retracing=True)
+    if model not in _FORWARD:
+        ref = weakref.ref(model)  # the function must not keep the model alive
+        _FORWARD[model] = tf.function(lambda inputs: ref()(inputs, training=False), reduce_retracing=True)
+    forward = _FORWARD[model]
     logits, labels = [], []
     for inputs, y in batches:
         logits.append(forward(inputs).numpy())
@@ -91,13 +100,13 @@ def write_model_card(workdir, title, results, label_names, recipe):
     write_text(os.path.join(workdir, "README.md"), "\n".join(lines))
 
 
-def print_summary(workdir, results, artifacts):
+def print_summary(workdir, results, artifacts, train_seconds):
     """The end-of-run table: test scores, training time, and the path of every artifact."""
     print("\nSummary")
     test = results.get("test")
     if test:
         print(f"  test accuracy   {test['accuracy']:.4f}   macro F1 {test['macro_f1']:.4f} "
               f"  ({test['examples']} examples)")
-    print(f"  steps           {results['steps']} in {results['train_seconds']} s")
+    print(f"  steps           {results['steps']} in {train_seconds:.1f} s")
     for name, relative in artifacts.items():
         print(f"  {name:<15} {os.path.join(workdir, relative)}")

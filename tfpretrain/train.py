@@ -11,7 +11,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import keras
@@ -19,7 +21,58 @@ import tensorflow as tf
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (a NaN or infinite loss); the message names the step and checkpoint."""
+    """Training cannot go on (a NaN or infinite loss, no readable checkpoint); the message says
+    which step or file and what to do."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived (a scheduler preempting the job): a checkpoint was saved, rerun to resume.
+
+    Command-line entry points exit with ``exit_code`` (143 = 128 + SIGTERM, what schedulers expect).
+    """
+
+    exit_code = 143
+
+
+class _SigtermFlag:
+    """Records SIGTERM instead of dying, so the loop can finish its step and checkpoint."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _restore(checkpoint, manager):
+    """Restores the newest readable checkpoint; returns its path (None: none to restore).
+
+    A truncated or corrupt newest checkpoint (a crash mid-write, a bad disk) falls back to the
+    one before it with a warning; when none can be read the run stops instead of silently
+    starting again from scratch.
+    """
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.restore(path).expect_partial()
+            return path
+        except Exception as error:  # noqa: BLE001  (a bad file fails in many ways: DataLoss, IndexError, ...)
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"warning: checkpoint {path} is unreadable ({first}); trying an older one",
+                  file=sys.stderr, flush=True)
+    if manager.checkpoints:
+        raise TrainingError(f"no readable checkpoint in {manager.directory}; delete that directory "
+                            "to start the run over")
+    return None
 
 
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -36,6 +89,18 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+
+
+def set_seed(seed, deterministic=True):
+    """Seeds Python, NumPy, TensorFlow and Keras; with ``deterministic`` also makes TensorFlow's
+    ops deterministic, so two runs with the same seed end bit-identical on CPU.
+
+    On GPU, determinism costs speed and a few ops without a deterministic kernel raise an error;
+    pass ``deterministic=False`` there if that matters more than bit-identical reruns.
+    """
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def build_optimizer(config, total_steps):
@@ -129,7 +194,8 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
             global batches, in an order that depends only on the epoch.
         steps_per_epoch: batches per epoch (for the schedule, progress and ETA).
         config: a ``TrainConfig``.
-        evaluate: ``f(model) -> {metric: value}`` on the validation split, or ``None``.
+        evaluate: ``f(model) -> {metric: value}`` on the validation split, or ``None``; only
+            its scalar values are logged and kept.
         write_checkpoints: False on non-chief workers (they write to a temporary directory).
 
     Returns:
@@ -141,15 +207,19 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
         counters = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
                     for name in ("step", "epoch", "batch_in_epoch", "evals_without_improvement")}
         best_value = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_value")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best_value=best_value, **counters)
+    # Keras keeps dropout's random state in SeedGenerator variables that tf.train.Checkpoint
+    # does not reach through the model; without them a resumed run draws other dropout masks.
+    random_state = [v.value for v in model.variables if v.path.endswith("seed_generator_state")]
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best_value=best_value,
+                                     random_state=random_state, **counters)
     directory = os.path.join(workdir, "checkpoints")
     manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2, step_counter=counters["step"])
     best_checkpoint = tf.train.Checkpoint(model=model)
     best_path = os.path.join(workdir, "best", "model")
     history = _load_history(workdir)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).expect_partial()
-        print(f"Resuming from {manager.latest_checkpoint} (step {int(counters['step'])}, epoch "
+    restored = _restore(checkpoint, manager)
+    if restored:
+        print(f"Resuming from {restored} (step {int(counters['step'])}, epoch "
               f"{int(counters['epoch']) + 1}, batch {int(counters['batch_in_epoch'])})", flush=True)
     train_step = _make_train_step(model, optimizer, strategy, config.clip_norm)
     step, started, first_step = int(counters["step"]), time.time(), int(counters["step"])
@@ -159,9 +229,11 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
 
     def run_evaluation():
         nonlocal stopped_early
-        metrics = evaluate(model)
+        # Scalars only: per-class tables and confusion matrices go to the final report.
+        metrics = {k: v for k, v in evaluate(model).items() if isinstance(v, float)}
         record = {"step": step, "epoch": round(step / steps_per_epoch, 2), **metrics}
-        history.append(record)
+        # A run killed after an evaluation but before its checkpoint evaluates that step again.
+        history[:] = [r for r in history if r["step"] != step] + [record]
         _log_eval(workdir, record, eval_writer)
         value = metrics[config.best_metric]
         if value > float(best_value):
@@ -174,41 +246,48 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
             patience = config.early_stopping_patience
             stopped_early = bool(patience and int(counters["evals_without_improvement"]) >= patience)
 
-    while step < total and not stopped_early:
-        epoch = int(counters["epoch"])
-        batches = strategy.experimental_distribute_dataset(
-            make_batches(epoch, int(counters["batch_in_epoch"]))
-        )
-        for batch in batches:
-            loss = float(train_step(batch))
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"loss became {loss} at step {step + 1}; stopped. The last good checkpoint is "
-                    f"{manager.latest_checkpoint or 'none (no checkpoint yet)'}; lower "
-                    "train.learning_rate or check the data"
-                )
-            step += 1
-            counters["step"].assign(step)
-            counters["batch_in_epoch"].assign_add(1)
-            with writer.as_default(step=step):
-                tf.summary.scalar("loss", loss)
-                tf.summary.scalar("learning_rate", optimizer.learning_rate)
-            _progress(step, total, loss, started, first_step, epoch)
-            if evaluate and config.eval_every and step % config.eval_every == 0:
-                print(flush=True)
-                run_evaluation()
-            if step % config.checkpoint_every == 0 and write_checkpoints:
-                manager.save(checkpoint_number=step)
-            if step >= total or stopped_early:
-                break
-        else:
-            counters["epoch"].assign_add(1)
-            counters["batch_in_epoch"].assign(0)
-            print(flush=True)
-            if evaluate and not config.eval_every:
-                run_evaluation()
-        if write_checkpoints:
+    def save():  # once per step
+        if write_checkpoints and not (manager.latest_checkpoint or "").endswith(f"-{step}"):
             manager.save(checkpoint_number=step)
+
+    with _SigtermFlag() as sigterm:
+        while step < total and not stopped_early:
+            epoch = int(counters["epoch"])
+            batches = strategy.experimental_distribute_dataset(
+                make_batches(epoch, int(counters["batch_in_epoch"])))
+            for batch in batches:
+                loss = float(train_step(batch))
+                if not math.isfinite(loss):
+                    raise TrainingError(
+                        f"loss became {loss} at step {step + 1}; stopped. The last good checkpoint is "
+                        f"{manager.latest_checkpoint or 'none (no checkpoint yet)'}; lower "
+                        "train.learning_rate or check the data")
+                step += 1
+                counters["step"].assign(step)
+                counters["batch_in_epoch"].assign_add(1)
+                with writer.as_default(step=step):
+                    tf.summary.scalar("loss", loss)
+                    tf.summary.scalar("learning_rate", optimizer.learning_rate)
+                _progress(step, total, loss, started, first_step, epoch)
+                if evaluate and config.eval_every and step % config.eval_every == 0:
+                    print(flush=True)
+                    run_evaluation()
+                if step % config.checkpoint_every == 0:
+                    save()
+                if sigterm.raised:
+                    save()
+                    raise Preempted(f"SIGTERM at step {step}: saved {manager.latest_checkpoint}; run "
+                                    "the same command again to resume")
+                if step >= total or stopped_early:
+                    break
+            else:
+                counters["epoch"].assign_add(1)
+                counters["batch_in_epoch"].assign(0)
+                print(flush=True)
+                if evaluate and not config.eval_every:
+                    run_evaluation()
+            if write_checkpoints:  # also at an epoch end: it records the next epoch's position
+                manager.save(checkpoint_number=step)
     print(flush=True)
     if evaluate and (not history or history[-1]["step"] != step):
         run_evaluation()  # max_steps ended mid-epoch: the best pick needs the final weights too
@@ -230,7 +309,6 @@ def _load_history(workdir):
         return []
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    # A run killed after an evaluation but before its checkpoint evaluates that step again.
     return list({record["step"]: record for record in records}.values())
 
 

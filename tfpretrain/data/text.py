@@ -5,8 +5,10 @@ From a TFDS name (with feature-key mapping and split slicing) or local CSV/TSV/J
 """
 
 import csv
+import io
 import json
 import os
+import sys
 
 import tensorflow as tf
 
@@ -28,25 +30,54 @@ def _guess_text_key(keys, text_key, where):
                     f"of {sorted(keys)}")
 
 
-def _read_rows(path):
+INVALID_UTF8 = ("replace", "error")
+
+
+def _decode(data, path, invalid_utf8):
+    """UTF-8 text of ``data``; invalid byte sequences become U+FFFD and are counted, or are an
+    error naming the line (``invalid_utf8="error"``)."""
+    if invalid_utf8 not in INVALID_UTF8:
+        raise DataError(f"data.invalid_utf8 must be one of {INVALID_UTF8}, got {invalid_utf8!r}")
+    pieces, start, replaced = [], 0, 0
+    while True:
+        try:
+            pieces.append(data[start:].decode("utf-8"))
+            break
+        except UnicodeDecodeError as error:
+            bad = start + error.start
+            if invalid_utf8 == "error":
+                line = data[:bad].count(b"\n") + 1
+                raise DataError(f"{path}, line {line}: invalid UTF-8 (byte {bad}); fix the file or "
+                                "set data.invalid_utf8=replace") from None
+            pieces += [data[start:bad].decode("utf-8"), "\ufffd"]
+            replaced += 1
+            start += error.end
+    if replaced:
+        print(f"warning: {path}: replaced {replaced} invalid UTF-8 sequence(s) with U+FFFD "
+              "(data.invalid_utf8=error stops instead)", file=sys.stderr, flush=True)
+    return "".join(pieces)
+
+
+def _read_rows(path, invalid_utf8="replace"):
     if not os.path.exists(path):
         raise FileNotFoundError(f"data file {path} does not exist")
-    with open(path, encoding="utf-8", errors="replace", newline="") as f:
-        if path.endswith((".jsonl", ".json")):
-            rows = []
-            for number, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        raise DataError(f"{path}, line {number}: not valid JSON") from None
-            return rows
-        delimiter = "\t" if path.endswith(".tsv") else ","
-        return list(csv.DictReader(f, delimiter=delimiter))
+    with open(path, "rb") as f:
+        text = _decode(f.read(), path, invalid_utf8)
+    if path.endswith((".jsonl", ".json")):
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise DataError(f"{path}, line {number}: not valid JSON") from None
+        return rows
+    delimiter = "\t" if path.endswith(".tsv") else ","
+    return list(csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter))
 
 
-def _file_examples(path, text_key, label_key):
-    rows = _read_rows(path)
+def _file_examples(path, text_key, label_key, invalid_utf8="replace"):
+    rows = _read_rows(path, invalid_utf8)
     if not rows:
         raise DataError(f"data file {path} has no rows")
     text_key = _guess_text_key(rows[0].keys(), text_key, path)
@@ -72,19 +103,27 @@ def _to_ids(labels, names, path):
     return [index[label] for label in labels]
 
 
+def _require_two_classes(names):
+    if len(names) < 2:
+        raise DataError(f"the training data has a single class ({names}); a classifier needs two or more")
+
+
 def _from_files(config):
-    texts, labels = _file_examples(config.train_file, config.text_key, config.label_key)
+    texts, labels = _file_examples(config.train_file, config.text_key, config.label_key,
+                                   config.invalid_utf8)
     names = _label_names(labels)
+    _require_two_classes(names)
     splits = {"train": (texts, _to_ids(labels, names, config.train_file))}
     if config.validation_file:
-        t, l = _file_examples(config.validation_file, config.text_key, config.label_key)
+        t, l = _file_examples(config.validation_file, config.text_key, config.label_key,
+                              config.invalid_utf8)
         splits["validation"] = (t, _to_ids(l, names, config.validation_file))
     else:  # Deterministic: every 10th row is held out.
         texts, ids = splits.pop("train")
         splits["train"] = ([t for i, t in enumerate(texts) if i % 10], [y for i, y in enumerate(ids) if i % 10])
         splits["validation"] = (texts[::10], ids[::10])
     if config.test_file:
-        t, l = _file_examples(config.test_file, config.text_key, config.label_key)
+        t, l = _file_examples(config.test_file, config.text_key, config.label_key, config.invalid_utf8)
         splits["test"] = (t, _to_ids(l, names, config.test_file))
     datasets = {
         split: tf.data.Dataset.from_tensor_slices((tf.constant(t, tf.string), tf.constant(y, tf.int32)))
@@ -121,8 +160,7 @@ def make_text_datasets(config):
         ['business', 'entertainment', 'politics', 'sport', 'tech']
     """
     datasets, names = _from_files(config) if config.train_file else _from_tfds(config)
-    if len(names) < 2:
-        raise DataError(f"the training data has a single class ({names}); a classifier needs two or more")
+    _require_two_classes(names)
     for split, dataset in datasets.items():
         if not any(True for _ in dataset.take(1)):
             raise DataError(f"the {split} split is empty (data.{split}_split / data.{split}_file)")

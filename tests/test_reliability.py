@@ -99,17 +99,21 @@ def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_cs
     assert run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "reference", *extra)).returncode == 0
     duration = time.time() - started
     reference = (_weights(tmp_path / "reference"), (tmp_path / "reference" / "metrics.json").read_bytes())
+    train_seconds = json.loads((tmp_path / "reference" / "timing.json").read_text())["train_seconds"]
+    total_steps = json.loads(reference[1])["steps"]
     workdir = tmp_path / "killed"
     args = toy_recipe_args(toy_bert, toy_csv, workdir, *extra)
     rng, kills, resumed, completed = random.Random(0), 0, 0, 0
     while kills < 10:
         state = tf.train.get_checkpoint_state(str(workdir / "checkpoints"))
         latest = state.model_checkpoint_path if state else None
+        done = int(latest.rsplit("-", 1)[1]) / total_steps if latest else 0.0
+        remaining = duration - train_seconds * done  # start-up, what is left to train, test, export
         process = _popen(args)
         lines = []
         reader = threading.Thread(target=lambda p=process: lines.extend(p.stdout))
         reader.start()
-        time.sleep(rng.uniform(0.2, 0.8) * duration)
+        time.sleep(rng.uniform(0.1, 0.9) * remaining)
         if process.poll() is not None:  # it finished first: check it, then start over
             reader.join()
             assert process.returncode == 0 and _same_weights(_weights(workdir), reference[0])
@@ -225,3 +229,19 @@ def test_nothing_in_the_package_unpickles():
                 source = open(os.path.join(root, name), encoding="utf-8").read()
                 assert "pickle" not in source and "allow_pickle=True" not in source, name
                 assert "yaml.load(" not in source and "eval(" not in source.replace("_eval(", ""), name
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(toy_bert, toy_csv, tmp_path):
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(tiny)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("needs permission to mount a small tmpfs (root)")
+    try:
+        result = run_python(toy_recipe_args(toy_bert, toy_csv, tiny / "run"), timeout=120)
+    finally:
+        subprocess.run(["umount", str(tiny)], capture_output=True)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

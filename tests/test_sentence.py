@@ -72,3 +72,11 @@ def test_embeddings_are_cached_by_encoder_and_data(toy_use, tmp_path, capsys):
     other = load_sentence_encoder(toy_use["signature"])
     load_embeddings(other, data, str(tmp_path), "train")
     assert "reusing" not in capsys.readouterr().out
+
+
+@pytest.mark.network
+def test_universal_sentence_encoder_from_tfhub():
+    encoder = load_sentence_encoder("https://tfhub.dev/google/universal-sentence-encoder/4")
+    out = encoder.layer(tf.constant(["The quick brown fox.", "A fast auburn fox."]))
+    assert out.shape == (2, 512) and encoder.dim == 512
+    assert float(tf.reduce_sum(out[0] * out[1])) > 0.5  # similar sentences, similar vectors

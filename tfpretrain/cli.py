@@ -1,12 +1,20 @@
 """What every command-line entry point shares: --help, --debug, one-line errors, exit codes."""
 
 import os
+import re
 import sys
 
 from tfpretrain import config as config_lib
 
 # Errors a user can fix from the message alone: no traceback unless --debug.
 _USER_ERRORS = (ValueError, OSError, KeyError)  # OSError: missing files, unwritable or full disks
+
+
+def _is_io_error(error):
+    """TensorFlow's own file errors (a full disk, a missing or unreadable file)."""
+    errors = getattr(sys.modules.get("tensorflow"), "errors", None)
+    io_errors = ("ResourceExhaustedError", "PermissionDeniedError", "NotFoundError", "DataLossError")
+    return errors is not None and isinstance(error, tuple(getattr(errors, n) for n in io_errors))
 
 
 def run(main, config, argv=None, description=""):
@@ -27,10 +35,11 @@ def run(main, config, argv=None, description=""):
     try:
         config_lib.parse_args(config, argv)
         main(config)
-    except _USER_ERRORS + (RuntimeError,) as error:
-        if debug:
+    except Exception as error:  # noqa: BLE001  (only the kinds below are turned into one line)
+        if debug or not (isinstance(error, _USER_ERRORS + (RuntimeError,)) or _is_io_error(error)):
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
         print(f"error: {message}", file=sys.stderr)
         return getattr(error, "exit_code", 2)
     return 0

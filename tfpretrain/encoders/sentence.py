@@ -112,17 +112,20 @@ def _data_fingerprint(texts, labels):
 
 
 def embed_texts(encoder, texts, batch_size=_EMBED_BATCH, progress=None):
-    """``[len(texts), dim]`` float32 embeddings, in batches, with a progress line on stderr."""
+    """``[len(texts), dim]`` float32 embeddings, in batches, with a progress line on stderr
+    (redrawn in a terminal; about ten lines in a log file)."""
     embed = tf.function(lambda batch: encoder.layer(batch, training=False), reduce_retracing=True)
     chunks, start = [], time.time()
-    for i in range(0, len(texts), batch_size):
+    interactive = sys.stderr.isatty()
+    every = max(1, len(texts) // batch_size // 10)
+    for number, i in enumerate(range(0, len(texts), batch_size), 1):
         chunks.append(embed(tf.constant(texts[i:i + batch_size])).numpy())
-        if progress:
-            done = min(i + batch_size, len(texts))
+        done = min(i + batch_size, len(texts))
+        if progress and (interactive or number % every == 0 or done == len(texts)):
             rate = done / max(time.time() - start, 1e-9)
-            print(f"\r  {progress}: {done}/{len(texts)} texts  {rate:.1f} texts/s", end="",
-                  file=sys.stderr, flush=True)
-    if progress:
+            print(f"{chr(13) if interactive else ''}  {progress}: {done}/{len(texts)} texts  "
+                  f"{rate:.1f} texts/s", end="" if interactive else "\n", file=sys.stderr, flush=True)
+    if progress and interactive:
         print(file=sys.stderr)
     return np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), np.float32)
 

@@ -96,10 +96,13 @@ def test_empty_split_is_an_error(toy_bert, toy_csv, tmp_path):
     assert result.returncode == 2 and "has no rows" in result.stderr
 
 
-def test_help_lists_flags():
-    result = run_python(["-m", "recipes.bert_text_classifier", "--help"], timeout=120)
+@pytest.mark.parametrize("recipe, flag", [("bert_text_classifier", "--model.encoder=minilm_l6 "),
+                                          ("use_text_classifier", "--model.encoder=minilm_l6_sentence "),
+                                          ("embed", "--encoder=minilm_l6_sentence ")])
+def test_help_lists_flags(recipe, flag):
+    result = run_python(["-m", f"recipes.{recipe}", "--help"], timeout=120)
     assert result.returncode == 0
-    assert "--model.encoder=minilm_l6" in result.stdout and "--data.name=bbc_news" in result.stdout
+    assert flag in result.stdout and "--debug" in result.stdout
 
 
 def _use_args(encoder, toy_csv, workdir, *extra):

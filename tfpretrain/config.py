@@ -219,15 +219,21 @@ def load_config(config, path):
 
 
 def help_text(config, prefix=""):
-    """One line per key with its default and help, for ``--help``."""
-    lines = []
+    """One line per key with its default and help, for ``--help``, in aligned columns."""
+    entries = _help_entries(config, prefix)
+    width = min(max(len(flag) for flag, _ in entries), 44)
+    return [f"  {flag:<{width}}  {text}" for flag, text in entries]
+
+
+def _help_entries(config, prefix):
+    entries = []
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if dataclasses.is_dataclass(value):
-            lines += help_text(value, f"{prefix}{field.name}.")
+            entries += _help_entries(value, f"{prefix}{field.name}.")
         else:
-            lines.append(f"  --{prefix}{field.name}={value!s:<14} {field.metadata.get('help', '')}")
-    return lines
+            entries.append((f"--{prefix}{field.name}={value!s}", field.metadata.get("help", "")))
+    return entries
 
 
 def parse_args(config, argv):

@@ -30,6 +30,25 @@ def _variables(keras_variables):
     return [v.value for v in keras_variables]
 
 
+def _save_reusable(path, call, input_spec, serve, variables, trainable_variables, **children):
+    """Saves a TF Hub reusable SavedModel: ``__call__`` traced with training True and False,
+    ``variables``/``trainable_variables`` as attributes, a ``serving_default`` signature."""
+    for training in (False, True):
+        call.get_concrete_function(input_spec, training=training)
+    # tf.Module exposes variables as read-only properties; TF Hub's reusable SavedModel
+    # convention wants them as saved attributes, so the root is a plain AutoTrackable.
+    saved = tf.__internal__.tracking.AutoTrackable()
+    for name, child in children.items():
+        setattr(saved, name, child)
+    saved.__call__ = call
+    saved.serving = serve
+    saved.variables = variables
+    saved.trainable_variables = trainable_variables
+    saved.regularization_losses = []
+    with atomic_directory(path) as tmp:
+        tf.saved_model.save(saved, tmp, signatures={"serving_default": serve})
+
+
 def export_bert_encoder(backbone, path):
     """Writes a ``keras_hub.models.BertBackbone`` as a TF Hub-format BERT encoder at ``path``.
 
@@ -69,18 +88,8 @@ def export_bert_encoder(backbone, path):
         out = call(inputs, training=False)
         return {"pooled_output": out["pooled_output"], "sequence_output": out["sequence_output"]}
 
-    for training in (False, True):
-        call.get_concrete_function(_int_specs(), training=training)
-    # tf.Module exposes variables as read-only properties; TF Hub's reusable SavedModel
-    # convention wants them as saved attributes, so the root is a plain AutoTrackable.
-    saved = tf.__internal__.tracking.AutoTrackable()
-    saved.__call__ = call
-    saved.serving = serve
-    saved.variables = _variables(model.variables)
-    saved.trainable_variables = _variables(model.trainable_variables)
-    saved.regularization_losses = []
-    with atomic_directory(path) as tmp:
-        tf.saved_model.save(saved, tmp, signatures={"serving_default": serve})
+    _save_reusable(path, call, _int_specs(), serve, _variables(model.variables),
+                   _variables(model.trainable_variables))
 
 
 def normalize_uncased(strings):
@@ -218,16 +227,6 @@ def export_sentence_encoder(encoder_dir, preprocessor_dir, path, seq_length=256)
     def serve(inputs):
         return {"outputs": call(inputs, training=False)}
 
-    for training in (False, True):
-        call.get_concrete_function(strings, training=training)
-    saved = tf.__internal__.tracking.AutoTrackable()
-    saved.encoder = encoder
-    saved.preprocessor = preprocessor
-    saved.__call__ = call
-    saved.serving = serve
-    saved.variables = list(encoder.variables)
-    saved.trainable_variables = list(encoder.trainable_variables)
-    saved.regularization_losses = []
-    with atomic_directory(path) as tmp:
-        tf.saved_model.save(saved, tmp, signatures={"serving_default": serve})
+    _save_reusable(path, call, strings, serve, list(encoder.variables), list(encoder.trainable_variables),
+                   encoder=encoder, preprocessor=preprocessor)
     return path

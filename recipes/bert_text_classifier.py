@@ -12,10 +12,11 @@ minutes on a 2-core CPU.
 import os
 import sys
 
+import numpy as np
 import tensorflow as tf
 
 import tfpretrain as tp
-from tfpretrain import cli, config as config_lib, files
+from tfpretrain import cli, config as config_lib, files, tflite as tflite_lib, zoo
 
 
 def main(cfg):
@@ -64,19 +65,32 @@ def main(cfg):
         test = tp.evaluate_classifier(model, eval_batches("test"), label_names)
         results["test"] = test
         print(tp.format_report(test, label_names))
-    files.write_json(os.path.join(workdir, "metrics.json"), results)
     artifacts = {"config": "config.json", "metrics": "metrics.json", "timing": "timing.json",
-                 "checkpoints": "checkpoints/",
-                 "tensorboard": "logs/"}
+                 "checkpoints": "checkpoints/", "tensorboard": "logs/"}
+    tflite = None
     if cfg.export.enabled:
         export_dir = os.path.join(workdir, "export")
         tp.export_text_classifier(model, label_names, export_dir, encoder.preprocessor, seq,
                                   cfg.model.truncation)
         artifacts["export"] = "export/"
         _check_export(model, encoder, export_dir, datasets, seq, cfg.model.truncation)
-    title = f"Text classifier: {cfg.model.encoder} on {cfg.data.train_file or cfg.data.name}"
-    tp.write_model_card(workdir, title, results, label_names, "bert_text_classifier")
-    artifacts["model card"] = "README.md"
+        if cfg.export.tflite:
+            tflite = results["tflite"] = _export_tflite(model, encoder, datasets, cfg, workdir)
+            artifacts["tflite"] = "tflite/"
+    files.write_json(os.path.join(workdir, "metrics.json"), results)
+    split = "test" if "test" in datasets else "validation"
+    tp.write_report(
+        workdir, title=f"Text classifier: {cfg.model.encoder} on {cfg.data.train_file or cfg.data.name}",
+        recipe="bert_text_classifier", config=config_lib.to_dict(cfg), results=results,
+        label_names=label_names, split_sizes={s: tp.count_examples(d) for s, d in examples.items()},
+        encoder={"encoder": f"`{cfg.model.encoder}`" + (f" ({zoo.PRESETS[cfg.model.encoder]['description']})"
+                                                       if zoo.is_preset(cfg.model.encoder) else ""),
+                 "preprocessor": f"`{encoder.preprocessor_handle}`",
+                 "input": f"{seq} tokens, {cfg.model.truncation} truncation, {encoder.pooling} pooling",
+                 "trainable parameters": f"{trainable:,}"},
+        steps_per_epoch=steps_per_epoch, tflite=tflite,
+        example_texts=[t.decode() for t, _ in datasets[split].take(2).as_numpy_iterator()])
+    artifacts["report"] = "report.md"
     tp.print_summary(workdir, results, artifacts, state.seconds)
 
 
@@ -85,6 +99,28 @@ def _check_export(model, encoder, export_dir, datasets, seq, truncation):
     texts = [t.decode() for t, _ in datasets[split].take(8).as_numpy_iterator()]
     inputs = tp.pack_texts(encoder.preprocessor, tf.constant(texts), seq, truncation)
     tp.check_export(export_dir, texts, tf.nn.softmax(model(inputs, training=False)).numpy())
+
+
+def _export_tflite(model, encoder, datasets, cfg, workdir):
+    """Writes the quantized TFLite models; returns each one's size and test accuracy."""
+    def packed(dataset):
+        texts, labels = zip(*dataset.as_numpy_iterator())
+        inputs = tp.pack_texts(encoder.preprocessor, tf.constant(texts), encoder.seq_length, cfg.model.truncation)
+        return {k: v.numpy() for k, v in inputs.items()}, np.array(labels)
+
+    sample, _ = packed(datasets["train"].shuffle(100_000, seed=cfg.train.seed).take(cfg.export.tflite_calibration))
+    vocab = getattr(encoder.preprocessor, "vocab_file", None)
+    written = tflite_lib.export_tflite(model, os.path.join(workdir, "tflite"), encoder.seq_length, sample,
+                                       vocab.asset_path.numpy().decode() if vocab is not None else None)
+    split = "test" if "test" in datasets else "validation"
+    inputs, labels = packed(datasets[split])
+    for variant, info in written.items():
+        predictions = tflite_lib.tflite_logits(os.path.join(workdir, info["file"]), inputs).argmax(-1)
+        info["accuracy"] = float((predictions == labels).mean())
+        info["split"] = split
+        print(f"TFLite {variant}: {info['bytes'] / 2**20:.1f} MiB, {split} accuracy {info['accuracy']:.4f}",
+              flush=True)
+    return written
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ from tfpretrain import cli, config as config_lib, files, zoo
 
 
 def main(cfg):
+    if cfg.export.tflite:
+        raise config_lib.ConfigError(
+            "export.tflite is for recipes.bert_text_classifier: a sentence encoder tokenises inside its "
+            "SavedModel with TensorFlow Text ops that TFLite has neither as builtins nor as TF Select ops")
     workdir = os.path.abspath(cfg.workdir)
     hidden = [int(u) for u in cfg.model.hidden_units.split(",") if u.strip()]
     config_lib.save_config(cfg, workdir)
@@ -64,16 +68,23 @@ def main(cfg):
     files.write_json(os.path.join(workdir, "metrics.json"), results)
     artifacts = {"config": "config.json", "metrics": "metrics.json", "timing": "timing.json",
                  "checkpoints": "checkpoints/", "tensorboard": "logs/"}
+    split = "test" if "test" in datasets else "validation"
+    texts = [t.decode() for t, _ in datasets[split].take(8).as_numpy_iterator()]
     if cfg.export.enabled:
         export_dir = os.path.join(workdir, "export")
         tp.export_text_classifier(model, label_names, export_dir)
         artifacts["export"] = "export/"
-        split = "test" if "test" in datasets else "validation"
-        texts = [t.decode() for t, _ in datasets[split].take(8).as_numpy_iterator()]
         tp.check_export(export_dir, texts, tf.nn.softmax(model(tf.constant(texts))).numpy())
-    title = f"Text classifier: {cfg.model.encoder} on {cfg.data.train_file or cfg.data.name}"
-    tp.write_model_card(workdir, title, results, label_names, "use_text_classifier")
-    artifacts["model card"] = "README.md"
+    tp.write_report(
+        workdir, title=f"Text classifier: {cfg.model.encoder} on {cfg.data.train_file or cfg.data.name}",
+        recipe="use_text_classifier", config=config_lib.to_dict(cfg), results=results,
+        label_names=label_names, split_sizes={s: tp.count_examples(d) for s, d in cached.items()},
+        encoder={"encoder": f"`{cfg.model.encoder}`" + (f" ({zoo.PRESETS[cfg.model.encoder]['description']})"
+                                                       if zoo.is_preset(cfg.model.encoder) else ""),
+                 "embedding": f"{encoder.dim}-d, fingerprint {encoder.fingerprint}",
+                 "training": "end to end after the head" if cfg.model.trainable else "frozen; head on cached embeddings"},
+        steps_per_epoch=None, example_texts=texts[:2])
+    artifacts["report"] = "report.md"
     tp.print_summary(workdir, results, artifacts, state.seconds)
 
 

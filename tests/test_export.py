@@ -1,9 +1,15 @@
+import os
+import subprocess
+import sys
+
 import numpy as np
 import tensorflow as tf
 
 from tfpretrain.encoders.bert import load_encoder
 from tfpretrain.export import export_text_classifier, serve_in_fresh_process
-from tfpretrain.models import build_bert_classifier
+from tfpretrain.models import build_bert_classifier, feature_extractor
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TEXTS = ["good movie", "the worst plot", "Café ß 東京 🍕 https://x.org", "", "fun " * 40]
 
@@ -32,3 +38,37 @@ def test_export_serves_labels_and_empty_batches(toy_bert, tmp_path):
     assert set(out["label"].numpy().tolist()) <= {b"neg", b"pos"}
     empty = serve(text=tf.constant([], tf.string))
     assert empty["probabilities"].shape == (0, 2)
+
+
+def test_embeddings_and_preprocess_signatures(toy_bert, tmp_path):
+    loaded = load_encoder(*toy_bert)
+    model = build_bert_classifier(loaded.layer, 2, pooling="mean")
+    path = export_text_classifier(model, ["neg", "pos"], str(tmp_path / "e"), loaded.preprocessor, 32)
+    signatures = tf.saved_model.load(path).signatures
+    assert set(signatures) == {"serving_default", "predict_embeddings", "preprocess"}
+    packed = signatures["preprocess"](text=tf.constant(TEXTS))
+    assert {k: tuple(v.shape) for k, v in packed.items()} == {
+        "input_word_ids": (5, 32), "input_mask": (5, 32), "input_type_ids": (5, 32)}
+    embeddings = signatures["predict_embeddings"](text=tf.constant(TEXTS))["embeddings"].numpy()
+    expected = feature_extractor(model)(dict(packed), training=False).numpy()
+    assert embeddings.shape == (5, 16)
+    assert np.abs(embeddings - expected).max() <= 1e-5
+    # The embeddings are what the head classifies: head(embeddings) gives the served probabilities.
+    logits = model.get_layer("classifier")(embeddings, training=False)
+    served = signatures["serving_default"](text=tf.constant(TEXTS))["probabilities"].numpy()
+    assert np.abs(tf.nn.softmax(logits).numpy() - served).max() <= 1e-5
+
+
+def test_saved_model_cli_run_prints_a_label(toy_bert, tmp_path):
+    loaded = load_encoder(*toy_bert)
+    model = build_bert_classifier(loaded.layer, 2)
+    path = export_text_classifier(model, ["neg", "pos"], str(tmp_path / "e"), loaded.preprocessor, 32)
+    result = subprocess.run(
+        [sys.executable, "-m", "tfpretrain.saved_model_cli", "run", "--dir", path, "--tag_set", "serve",
+         "--signature_def", "serving_default", "--input_exprs", 'text=["good movie", "the worst plot"]'],
+        capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert "Result for output key label:" in out and "Result for output key probabilities:" in out
+    labels = out.split("Result for output key label:")[1].split("Result")[0]
+    assert labels.count("b'neg'") + labels.count("b'pos'") == 2

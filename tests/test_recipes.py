@@ -15,7 +15,7 @@ from tests.conftest import ROOT, TOY_ROWS, run_python, toy_recipe_args, write_cs
 
 def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
-    result = run_python(toy_recipe_args(toy_bert, toy_csv, workdir))
+    result = run_python(toy_recipe_args(toy_bert, toy_csv, workdir, "--export.tflite=true"))
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "replicas 1 | global batch 8 | steps/epoch 6 | total steps 36" in out
@@ -26,9 +26,24 @@ def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
     assert np.array(metrics["test"]["confusion_matrix"]).sum() == 6
     assert metrics["label_names"] == ["neg", "pos"]
     assert len(metrics["validation_history"]) == 6
-    for artifact in ("config.json", "README.md", "export/saved_model.pb", "checkpoints/checkpoint"):
+    for artifact in ("config.json", "report.md", "confusion_matrix.png", "learning_curves.png",
+                     "export/saved_model.pb", "checkpoints/checkpoint"):
         assert (workdir / artifact).exists(), artifact
     assert any(f.startswith("events") for f in os.listdir(workdir / "logs" / "train"))
+    # TFLite: both quantized models, run through the TFLite interpreter on the test split.
+    for variant in ("dynamic_range", "int8"):
+        info = metrics["tflite"][variant]
+        assert (workdir / info["file"]).stat().st_size == info["bytes"] > 0
+        assert info["accuracy"] == 1.0, variant
+    assert (workdir / "tflite" / "vocab.txt").exists()
+    report = (workdir / "report.md").read_text()
+    for section in ("## Data", "## Encoder", "## Hyper-parameters", "## Results", "### Per class (test)",
+                    "![confusion matrix](confusion_matrix.png)", "![learning curves](learning_curves.png)",
+                    "`predict_embeddings`", "### Serve it with TF Serving (REST)", "### TFLite",
+                    "`tflite/model_int8.tflite`", "## Reproduce"):
+        assert section in report, section
+    request = json.loads((workdir / "request.json").read_text())
+    assert request["signature_name"] == "serving_default" and len(request["instances"]) == 2
     line = [l for l in out.splitlines() if l.startswith("export check")][0]
     assert float(line.split("max abs diff ")[1].split()[0]) <= 1e-5
     # --config reruns the saved configuration (here: nothing left to train, it resumes at the end).
@@ -179,3 +194,11 @@ def test_embed_writes_npy_metadata_and_projector_files(toy_use, tmp_path):
     assert np.loadtxt(out / "tensors.tsv", delimiter="\t").shape == (3, 8)
     missing = run_python(["-m", "recipes.embed", f"--encoder={toy_use['call']}", "--text_file=/no/file"])
     assert missing.returncode == 2 and "error: --text_file /no/file: no such file" in missing.stderr
+
+
+def test_use_recipe_refuses_tflite_with_the_reason(tmp_path):
+    result = run_python(["-m", "recipes.use_text_classifier", f"--workdir={tmp_path / 'run'}",
+                         "--export.tflite=true"])
+    assert result.returncode == 2
+    assert "export.tflite is for recipes.bert_text_classifier" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -84,6 +84,8 @@ class RuntimeConfig:
 @dataclasses.dataclass
 class ExportConfig:
     enabled: bool = _help("export a serving SavedModel on raw strings", True)
+    tflite: bool = _help("also write TFLite models (dynamic-range and int8 quantized) and test them", False)
+    tflite_calibration: int = _help("training examples that calibrate the int8 TFLite model", 100)
 
 
 @dataclasses.dataclass

@@ -6,7 +6,6 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from tfpretrain.files import write_text
 
 
 # One compiled forward pass per model, reused by every evaluation of a run (a new tf.function
@@ -85,19 +84,6 @@ def format_report(metrics, label_names):
     for name, row in zip(label_names, metrics["confusion_matrix"]):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>9}" for v in row))
     return "\n".join(lines)
-
-
-def write_model_card(workdir, title, results, label_names, recipe):
-    """Writes ``workdir/README.md``: what the run trained, its test scores, how to serve and rerun."""
-    test = results.get("test", {})
-    lines = [f"# {title}", "", f"- labels: {', '.join(label_names)}",
-             f"- training steps: {results['steps']}",
-             f"- test accuracy: {test.get('accuracy', float('nan')):.4f}, "
-             f"macro F1: {test.get('macro_f1', float('nan')):.4f}",
-             "- serving: `export/`, signature `serving_default(text: string[batch])` → "
-             "`probabilities`, `label_id`, `label`", "",
-             f"Reproduce: `python -m recipes.{recipe} --config config.json`", ""]
-    write_text(os.path.join(workdir, "README.md"), "\n".join(lines))
 
 
 def print_summary(workdir, results, artifacts, train_seconds):

@@ -6,20 +6,31 @@ import subprocess
 import sys
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from tfpretrain.data.pipeline import pack_texts
 from tfpretrain.files import atomic_directory
+from tfpretrain.hub import HubLayer
+from tfpretrain.models import feature_extractor
 
 
 def export_text_classifier(model, label_names, path, preprocessor=None, seq_length=None,
                            truncation="head"):
     """Writes a SavedModel whose ``serving_default`` takes a 1-D batch of raw strings.
 
-    Signature ``serving_default(text: string [batch]) -> {probabilities: float32 [batch, C],
-    label_id: int64 [batch], label: string [batch]}``. Tokenisation is inside, so serving needs
-    only ``tensorflow`` and ``tensorflow_text``. The label names are also in ``assets/labels.txt``.
+    Signatures (TF Serving conventions, named inputs and outputs):
+
+    - ``serving_default(text: string [batch]) -> {probabilities: float32 [batch, C],
+      label_id: int64 [batch], label: string [batch]}``;
+    - ``predict_embeddings(text) -> {embeddings: float32 [batch, dim]}``: the features the head
+      classifies (pooled encoder output);
+    - ``preprocess(text) -> {input_word_ids, input_mask, input_type_ids: int32 [batch,
+      seq_length]}`` when ``preprocessor`` is given: the token ids the TFLite export takes.
+
+    Tokenisation is inside, so serving needs only ``tensorflow`` and ``tensorflow_text``. The
+    label names are also in ``assets/labels.txt``.
 
     Args:
         model: a Keras model returning logits: on BERT inputs when ``preprocessor`` is given
@@ -36,32 +47,51 @@ def export_text_classifier(model, label_names, path, preprocessor=None, seq_leng
         >>> served = tf.saved_model.load("/tmp/export")  # doctest: +SKIP
         >>> served.signatures["serving_default"](text=tf.constant(["great film"]))  # doctest: +SKIP
     """
-    names = tf.constant(list(label_names))
-    root = tf.Module()
-    root.model = model
-    root.preprocessor = preprocessor
+    features = feature_extractor(model)
+    text_spec = tf.TensorSpec([None], tf.string, name="text")
 
-    def logits(text):
+    def model_inputs(text):
         if preprocessor is None:
-            return model(text, training=False)
+            return text
         inputs = pack_texts(preprocessor, text, seq_length, truncation)
         # Compute only up to the longest text in the batch, as training did.
         longest = tf.maximum(tf.reduce_max(tf.reduce_sum(inputs["input_mask"], axis=1)), 1)
-        return model({key: value[:, :longest] for key, value in inputs.items()}, training=False)
+        return {key: value[:, :longest] for key, value in inputs.items()}
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text")])
     def serve(text):
-        probabilities = tf.nn.softmax(tf.cast(logits(text), tf.float32), axis=-1)
+        probabilities = tf.nn.softmax(tf.cast(model(model_inputs(text), training=False), tf.float32), axis=-1)
         label_id = tf.argmax(probabilities, axis=-1)
-        return {"probabilities": probabilities, "label_id": label_id, "label": tf.gather(names, label_id)}
+        return {"probabilities": probabilities, "label_id": label_id, "label": names.lookup(label_id)}
 
-    root.serve = serve
+    def predict_embeddings(text):
+        return {"embeddings": tf.cast(features(model_inputs(text), training=False), tf.float32)}
+
+    # Keras's ExportArchive, not tf.saved_model.save of a module holding the model: with the
+    # latter, graph-mode loaders (TF Serving, saved_model_cli run, the TFLite converter) cannot
+    # find the Keras layers' variables ("Could not find variable classifier/logits/bias"). And
+    # no archive.track(model): the archive saves the variables its endpoints use by itself, and
+    # tracking the model stores every weight a second time through its Keras wrappers (Keras 3.15).
     with atomic_directory(path) as tmp, tempfile.TemporaryDirectory() as scratch:
         labels_file = os.path.join(scratch, "labels.txt")
         with open(labels_file, "w", encoding="utf-8") as f:
             f.write("\n".join(label_names) + "\n")
-        root.labels = tf.saved_model.Asset(labels_file)
-        tf.saved_model.save(root, tmp, signatures={"serving_default": serve})
+        # Label names come from assets/labels.txt, which predict.py and people read too.
+        names = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+            labels_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+        archive = keras.export.ExportArchive()
+        archive.track(names)
+        for layer in model.layers:  # tables inside Hub SavedModels (a sentence encoder's vocabulary)
+            if isinstance(layer, HubLayer):
+                archive.track(layer.saved_model)
+        archive.add_endpoint("serving_default", serve, input_signature=[text_spec])
+        archive.add_endpoint("predict_embeddings", predict_embeddings, input_signature=[text_spec])
+        if preprocessor is not None:
+            archive.track(preprocessor)
+            # What the TFLite models take: token ids padded to seq_length.
+            archive.add_endpoint("preprocess", lambda text: pack_texts(preprocessor, text, seq_length, truncation),
+                                 input_signature=[text_spec])
+        archive.write_out(tmp, verbose=False)
     return path
 
 

@@ -204,6 +204,10 @@ class HubLayer(keras.layers.Layer):
             children.pop("_function", None)
             for index, weight in enumerate(self._hub_weights):
                 children[f"weight_{index}_{weight.name}"] = weight
+        else:
+            # A SavedModel keeps the restored object (its functions capture these variables);
+            # the Keras wrappers of the same variables would store every weight a second time.
+            children.pop("_hub_weights", None)
         return children
 
     @property

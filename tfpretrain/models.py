@@ -51,3 +51,15 @@ def build_sentence_classifier(encoder_layer, head):
     """
     texts = keras.Input((), dtype="string", name="text")
     return keras.Model(texts, head(encoder_layer(texts)), name="sentence_classifier")
+
+
+def feature_extractor(classifier):
+    """The part of a classifier built here that computes what its head classifies: a
+    ``keras.Model`` from the classifier's inputs to the input of its ``classifier`` head layer
+    (sharing weights)."""
+    try:
+        head = classifier.get_layer("classifier")
+    except ValueError:
+        raise ValueError(f"model {classifier.name!r} has no layer named 'classifier' (the head of "
+                         "build_bert_classifier / build_sentence_classifier)") from None
+    return keras.Model(classifier.input, head.input, name=f"{classifier.name}_features")

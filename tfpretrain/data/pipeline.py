@@ -120,3 +120,9 @@ def padding_efficiency(batches):
         real += int(tf.reduce_sum(inputs["input_mask"]))
         computed += int(tf.size(inputs["input_mask"]))
     return real / max(computed, 1)
+
+
+def count_examples(dataset):
+    """Number of elements of ``dataset``: its cardinality when known, else by iterating it."""
+    known = int(dataset.cardinality())
+    return known if known >= 0 else int(dataset.reduce(0, lambda count, _: count + 1))

@@ -89,7 +89,7 @@ def main(cfg):
                  "input": f"{seq} tokens, {cfg.model.truncation} truncation, {encoder.pooling} pooling",
                  "trainable parameters": f"{trainable:,}"},
         steps_per_epoch=steps_per_epoch, tflite=tflite,
-        example_texts=[t.decode() for t, _ in datasets[split].take(2).as_numpy_iterator()])
+        example_inputs=[t.decode()[:200] for t, _ in datasets[split].take(2).as_numpy_iterator()])
     artifacts["report"] = "report.md"
     tp.print_summary(workdir, results, artifacts, state.seconds)
 

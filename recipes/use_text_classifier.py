@@ -83,7 +83,7 @@ def main(cfg):
                                                        if zoo.is_preset(cfg.model.encoder) else ""),
                  "embedding": f"{encoder.dim}-d, fingerprint {encoder.fingerprint}",
                  "training": "end to end after the head" if cfg.model.trainable else "frozen; head on cached embeddings"},
-        steps_per_epoch=None, example_texts=texts[:2])
+        steps_per_epoch=None, example_inputs=[t[:200] for t in texts[:2]])
     artifacts["report"] = "report.md"
     tp.print_summary(workdir, results, artifacts, state.seconds)
 

@@ -113,7 +113,9 @@ def test_empty_split_is_an_error(toy_bert, toy_csv, tmp_path):
 
 @pytest.mark.parametrize("recipe, flag", [("bert_text_classifier", "--model.encoder=minilm_l6 "),
                                           ("use_text_classifier", "--model.encoder=minilm_l6_sentence "),
-                                          ("embed", "--encoder=minilm_l6_sentence ")])
+                                          ("embed", "--encoder=minilm_l6_sentence "),
+                                          ("resnet_pretrain", "--export.preset=digits_resnet "),
+                                          ("resnet_image_classifier", "--model.encoder=digits_resnet ")])
 def test_help_lists_flags(recipe, flag):
     result = run_python(["-m", f"recipes.{recipe}", "--help"], timeout=120)
     assert result.returncode == 0

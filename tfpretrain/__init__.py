@@ -3,7 +3,8 @@
 Public API (see README.md):
     load_encoder, HubLayer, load_saved_model, resolve_handle   — pretrained encoders
     load_sentence_encoder, embed_texts, load_embeddings        — sentence encoders (USE-style)
-    build_bert_classifier, build_sentence_classifier,
+    load_image_encoder                                         — image feature vectors
+    build_bert_classifier, build_sentence_classifier, build_image_classifier,
     build_classification_head, feature_extractor               — models
     make_text_datasets, tokenize_texts, make_batches, pack_texts,
     count_examples                                             — data
@@ -20,13 +21,15 @@ from tfpretrain.data.pipeline import count_examples, make_batches, pack_texts, t
 from tfpretrain.data.text import make_text_datasets
 from tfpretrain.distribute import build_strategy, per_replica_batch_size
 from tfpretrain.encoders.bert import load_encoder
+from tfpretrain.encoders.image import load_image_encoder
 from tfpretrain.encoders.sentence import embed_texts, load_embeddings, load_sentence_encoder
 from tfpretrain.evaluate import classification_metrics, evaluate_classifier, format_report, print_summary
 from tfpretrain.export import check_export, export_text_classifier, serve_in_fresh_process
 from tfpretrain.heads import build_classification_head
 from tfpretrain.hub import HubLayer, load_saved_model, resolve_handle
 from tfpretrain.hub_format import export_bert_encoder, export_bert_preprocessor, export_sentence_encoder
-from tfpretrain.models import build_bert_classifier, build_sentence_classifier, feature_extractor
+from tfpretrain.models import (build_bert_classifier, build_image_classifier, build_sentence_classifier,
+                               feature_extractor)
 from tfpretrain.report import write_report
 from tfpretrain.train import Preempted, TrainingError, build_optimizer, fit, set_seed
 
@@ -40,6 +43,7 @@ __all__ = [
     "SentenceClassifierConfig",
     "TextClassifierConfig",
     "build_bert_classifier",
+    "build_image_classifier",
     "build_classification_head",
     "build_optimizer",
     "build_sentence_classifier",
@@ -58,6 +62,7 @@ __all__ = [
     "format_report",
     "load_embeddings",
     "load_encoder",
+    "load_image_encoder",
     "load_saved_model",
     "load_sentence_encoder",
     "make_batches",

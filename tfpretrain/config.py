@@ -135,6 +135,94 @@ class SentenceClassifierConfig:
 
 
 @dataclasses.dataclass
+class ImageDataConfig:
+    name: str = _help("TFDS image dataset (digits_target, digits_source, tf_flowers, cifar10, beans, "
+                      "mnist, ...); ignored when image_dir is set", "digits_target")
+    data_dir: str = _help("TFDS data directory (default: $TFPRETRAIN_CACHE/tensorflow_datasets)", "")
+    image_dir: str = _help("local folder with one subfolder of images per class (JPEG/PNG/BMP/GIF)", "")
+    validation_fraction: float = _help("image_dir: share of each class held out for validation", 0.1)
+    test_fraction: float = _help("image_dir: share of each class held out for testing", 0.2)
+    bad_images: str = _help("an unreadable image file: 'skip' (named and counted in the log) or 'error'",
+                            "skip")
+    image_key: str = _help("TFDS image feature", "image")
+    label_key: str = _help("TFDS label feature", "label")
+    train_split: str = _help("TFDS split for training; slicing works (train[:90%])", "train")
+    validation_split: str = _help("TFDS split for validation ('' = none)", "validation")
+    test_split: str = _help("TFDS split for the final evaluation ('' = none)", "test")
+    train_per_class: int = _help("keep only the first N training images of each class (0 = all); "
+                                 "digits_target's default low-data regime is 20", 20)
+    augment: str = _help("training-split augmentation, comma-separated from flip, rotation, zoom, "
+                         "contrast ('' = none)", "rotation,zoom,contrast")
+    shuffle_buffer: int = _help("shuffle buffer (examples)", 10000)
+
+
+@dataclasses.dataclass
+class ImageModelConfig:
+    encoder: str = _help("image feature vector: preset (digits_resnet, resnet50, resnet50v2), local dir, "
+                         "gs:// path or tfhub.dev/Kaggle URL", "digits_resnet")
+    image_size: int = _help("input size when the encoder does not fix one (0 = the encoder's, else 224)", 0)
+    fine_tune_blocks: int = _help("after the head: fine-tune the top N residual blocks (-1 = all, "
+                                  "0 = keep the encoder frozen)", -1)
+    dropout: float = _help("dropout before the classification layer", 0.2)
+    baselines: bool = _help("also train the same classifier frozen-only and from scratch with the same "
+                            "number of steps, and report all three", True)
+
+
+@dataclasses.dataclass
+class ImageTrainConfig(TrainConfig):
+    head_epochs: int = _help("phase 1: epochs of the head on the frozen encoder", 40)
+    head_learning_rate: float = _help("phase 1 peak AdamW learning rate (also the from-scratch "
+                                      "baseline's)", 1e-3)
+    epochs: int = _help("phase 2: epochs of fine-tuning the top blocks with the head", 40)
+    learning_rate: float = _help("phase 2 peak AdamW learning rate", 5e-4)
+    checkpoint_every: int = _help("steps between checkpoints", 100)
+
+
+@dataclasses.dataclass
+class ImageClassifierConfig:
+    workdir: str = _help("run directory (config, checkpoints, logs, metrics, export)",
+                         "runs/resnet_image_classifier")
+    data: ImageDataConfig = dataclasses.field(default_factory=ImageDataConfig)
+    model: ImageModelConfig = dataclasses.field(default_factory=ImageModelConfig)
+    train: ImageTrainConfig = dataclasses.field(default_factory=ImageTrainConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+
+@dataclasses.dataclass
+class ResnetModelConfig:
+    image_size: int = _help("input size (images are resized to it)", 32)
+    filters: str = _help("comma-separated filters per stack (the first must be 64)", "64,128,256")
+    blocks: str = _help("comma-separated residual blocks per stack", "2,2,2")
+    dropout: float = _help("dropout before the classification layer", 0.1)
+
+
+@dataclasses.dataclass
+class PretrainExportConfig:
+    enabled: bool = _help("export the encoder as a TF Hub image feature vector", True)
+    preset: str = _help("also install the export as this zoo preset in $TFPRETRAIN_CACHE ('' = no)",
+                        "digits_resnet")
+
+
+def _source_data():
+    return ImageDataConfig(name="digits_source", test_split="", train_per_class=0)
+
+
+def _pretrain_train():
+    return TrainConfig(epochs=30, global_batch_size=64, learning_rate=2e-3, checkpoint_every=200)
+
+
+@dataclasses.dataclass
+class ResnetPretrainConfig:
+    workdir: str = _help("run directory (config, checkpoints, logs, metrics, export)", "runs/resnet_pretrain")
+    data: ImageDataConfig = dataclasses.field(default_factory=_source_data)
+    model: ResnetModelConfig = dataclasses.field(default_factory=ResnetModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=_pretrain_train)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    export: PretrainExportConfig = dataclasses.field(default_factory=PretrainExportConfig)
+
+
+@dataclasses.dataclass
 class EmbedConfig:
     output: str = _help("output directory (embeddings.npy, metadata.tsv)", "runs/embed")
     encoder: str = _help("sentence encoder: preset, local dir, gs:// path or hub URL",

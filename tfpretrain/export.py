@@ -1,5 +1,6 @@
 """Exports: serving SavedModels on raw inputs, and the fresh-process check of an export."""
 
+import base64
 import json
 import os
 import subprocess
@@ -47,7 +48,6 @@ def export_text_classifier(model, label_names, path, preprocessor=None, seq_leng
         >>> served = tf.saved_model.load("/tmp/export")  # doctest: +SKIP
         >>> served.signatures["serving_default"](text=tf.constant(["great film"]))  # doctest: +SKIP
     """
-    features = feature_extractor(model)
     text_spec = tf.TensorSpec([None], tf.string, name="text")
 
     def model_inputs(text):
@@ -58,14 +58,62 @@ def export_text_classifier(model, label_names, path, preprocessor=None, seq_leng
         longest = tf.maximum(tf.reduce_max(tf.reduce_sum(inputs["input_mask"], axis=1)), 1)
         return {key: value[:, :longest] for key, value in inputs.items()}
 
-    def serve(text):
-        probabilities = tf.nn.softmax(tf.cast(model(model_inputs(text), training=False), tf.float32), axis=-1)
-        label_id = tf.argmax(probabilities, axis=-1)
-        return {"probabilities": probabilities, "label_id": label_id, "label": names.lookup(label_id)}
+    endpoints = {"serving_default": (model_inputs, text_spec)}
+    if preprocessor is not None:
+        # What the TFLite models take: token ids padded to seq_length.
+        endpoints["preprocess"] = (lambda text: pack_texts(preprocessor, text, seq_length, truncation), text_spec)
+    return _write_classifier(model, label_names, path, endpoints, track=[preprocessor] if preprocessor else [])
 
-    def predict_embeddings(text):
-        return {"embeddings": tf.cast(features(model_inputs(text), training=False), tf.float32)}
 
+def export_image_classifier(model, label_names, path, image_size):
+    """Writes a SavedModel of an image classifier that takes encoded images or float images.
+
+    Signatures:
+
+    - ``serving_default(image_bytes: string [batch])``: JPEG/PNG/BMP/GIF bytes of any size →
+      ``{probabilities, label_id, label}``;
+    - ``serving_float(images: float32 [batch, height, width, 3] in [0, 1])``, any size → the same;
+    - ``predict_embeddings(image_bytes) -> {embeddings}``: what the head classifies.
+
+    Images are decoded, scaled to [0, 1] and resized to ``image_size`` inside, exactly as the
+    training pipeline does (``tfpretrain.data.images.to_float_image``).
+    """
+    from tfpretrain.data.images import to_float_image
+
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    float_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+    signature = tf.TensorSpec([image_size, image_size, 3], tf.float32)
+
+    def decode(image_bytes):
+        return tf.map_fn(lambda b: to_float_image(b, image_size), image_bytes, fn_output_signature=signature)
+
+    def resize(images):
+        return tf.image.resize(images, (image_size, image_size))
+
+    return _write_classifier(model, label_names, path, {"serving_default": (decode, bytes_spec),
+                                                        "serving_float": (resize, float_spec)})
+
+
+def _write_classifier(model, label_names, path, endpoints, track=()):
+    """Writes ``model`` (inputs → logits) as a SavedModel, atomically, with Keras's ExportArchive.
+
+    ``endpoints``: ``{name: (to_model_inputs, input_spec)}``. ``serving_default`` and every
+    ``serving_*`` endpoint return ``{probabilities, label_id, label}``; ``predict_embeddings``
+    (on ``serving_default``'s input) returns ``{embeddings}``; other endpoints return what their
+    function returns.
+    """
+    features = feature_extractor(model)
+
+    def classify(to_inputs):
+        def serve(x):
+            probabilities = tf.nn.softmax(tf.cast(model(to_inputs(x), training=False), tf.float32), axis=-1)
+            label_id = tf.argmax(probabilities, axis=-1)
+            return {"probabilities": probabilities, "label_id": label_id, "label": names.lookup(label_id)}
+        return serve
+
+    to_inputs, spec = endpoints["serving_default"]
+    endpoints["predict_embeddings"] = (
+        lambda x: {"embeddings": tf.cast(features(to_inputs(x), training=False), tf.float32)}, spec)
     # Keras's ExportArchive, not tf.saved_model.save of a module holding the model: with the
     # latter, graph-mode loaders (TF Serving, saved_model_cli run, the TFLite converter) cannot
     # find the Keras layers' variables ("Could not find variable classifier/logits/bias"). And
@@ -80,36 +128,36 @@ def export_text_classifier(model, label_names, path, preprocessor=None, seq_leng
             labels_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
             tf.string, tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
         archive = keras.export.ExportArchive()
-        archive.track(names)
+        for resource in [names, *track]:
+            archive.track(resource)
         for layer in model.layers:  # tables inside Hub SavedModels (a sentence encoder's vocabulary)
             if isinstance(layer, HubLayer):
                 archive.track(layer.saved_model)
-        archive.add_endpoint("serving_default", serve, input_signature=[text_spec])
-        archive.add_endpoint("predict_embeddings", predict_embeddings, input_signature=[text_spec])
-        if preprocessor is not None:
-            archive.track(preprocessor)
-            # What the TFLite models take: token ids padded to seq_length.
-            archive.add_endpoint("preprocess", lambda text: pack_texts(preprocessor, text, seq_length, truncation),
-                                 input_signature=[text_spec])
+        for name, (fn, spec) in endpoints.items():
+            if name == "serving_default" or name.startswith("serving_"):
+                fn = classify(fn)
+            archive.add_endpoint(name, fn, input_signature=[spec])
         archive.write_out(tmp, verbose=False)
     return path
 
 
 _FRESH_PROCESS = """
-import json, sys
+import base64, json, sys
 import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the export's tokeniser ops)
-texts = json.load(open(sys.argv[2], encoding="utf-8"))
+inputs = json.load(open(sys.argv[2], encoding="utf-8"))
+values = [base64.b64decode(v) for v in inputs["b64"]] if "b64" in inputs else inputs["texts"]
 served = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-out = served(**{sys.argv[4]: tf.constant(texts, tf.string)})
+out = served(**{sys.argv[4]: tf.constant(values, tf.string)})
 np.save(sys.argv[3], out[sys.argv[5]].numpy())
 """
 
 
 def serve_in_fresh_process(path, texts, input_name="text", output_key="probabilities"):
-    """``serving_default`` of the SavedModel at ``path`` on ``texts``, in a new Python that
-    imports only ``tensorflow`` and ``tensorflow_text`` (no tfpretrain, no keras).
+    """``serving_default`` of the SavedModel at ``path`` on ``texts`` (strings, or bytes such as
+    encoded images), in a new Python that imports only ``tensorflow`` and ``tensorflow_text`` (no
+    tfpretrain, no keras).
 
     Returns the output ``output_key`` as a NumPy array (``input_name``/``output_key``:
     ``text``/``probabilities`` for classifiers, ``inputs``/``outputs`` for sentence encoders).
@@ -117,8 +165,10 @@ def serve_in_fresh_process(path, texts, input_name="text", output_key="probabili
     with tempfile.TemporaryDirectory() as scratch:
         texts_file = os.path.join(scratch, "texts.json")
         out_file = os.path.join(scratch, "outputs.npy")
-        with open(texts_file, "w", encoding="utf-8") as f:
-            json.dump(list(texts), f)
+        values = list(texts)
+        with open(texts_file, "w", encoding="utf-8") as f:  # bytes (encoded images) travel as base64
+            json.dump({"b64": [base64.b64encode(v).decode() for v in values]}
+                      if values and isinstance(values[0], bytes) else {"texts": values}, f)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         command = [sys.executable, "-c", _FRESH_PROCESS, path, texts_file, out_file, input_name, output_key]
         result = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -133,5 +183,5 @@ def check_export(path, texts, expected, input_name="text", output_key="probabili
     served = serve_in_fresh_process(path, texts, input_name, output_key)
     difference = float(np.abs(served - np.asarray(expected)).max())
     print(f"export check: fresh-process {output_key} vs in-memory, max abs diff {difference:.2e} "
-          f"on {len(texts)} texts", flush=True)
+          f"on {len(texts)} inputs", flush=True)
     return difference

@@ -147,6 +147,13 @@ class HubLayer(keras.layers.Layer):
         trainable: fine-tune the SavedModel's trainable variables.
         signature: call this signature (e.g. ``"serving_default"``) instead of ``__call__``.
         output_key: pick this entry when the model returns a dict.
+        trainable_filter: with ``trainable``, fine-tune only the SavedModel's trainable
+            variables for which ``trainable_filter(variable)`` is true (e.g. the top blocks of an
+            image encoder); the others stay frozen.
+        inference_only: always call the SavedModel with ``training=False``, also while its
+            variables train (image encoders: batch norm keeps its pretrained statistics, as the
+            Keras transfer-learning guide prescribes; a Keras 3 functional model passes the outer
+            ``training`` to every layer, whatever the layer was called with when it was built).
 
     Example:
         >>> encoder = HubLayer("/tmp/bert_encoder", trainable=True)  # doctest: +SKIP
@@ -154,13 +161,15 @@ class HubLayer(keras.layers.Layer):
         ...                    "input_type_ids": types}, training=True)  # doctest: +SKIP
     """
 
-    def __init__(self, handle, trainable=False, signature=None, output_key=None, **kwargs):
+    def __init__(self, handle, trainable=False, signature=None, output_key=None, trainable_filter=None,
+                 inference_only=False, **kwargs):
         kwargs.setdefault("dtype", "float32")
         super().__init__(trainable=trainable, **kwargs)
         self.handle = handle if isinstance(handle, str) else None
         self._obj = load_saved_model(handle) if isinstance(handle, str) else handle
         self._signature = signature
         self._output_key = output_key
+        self._inference_only = inference_only
         if signature:
             if signature not in self._obj.signatures:
                 raise ValueError(
@@ -179,6 +188,9 @@ class HubLayer(keras.layers.Layer):
             self._function = self._obj.__call__
             self._takes_training = _has_training_argument(self._function)
         trainable_vars, frozen_vars = _restored_variables(self._obj, self._function)
+        if trainable_filter is not None:
+            frozen_vars = [v for v in trainable_vars if not trainable_filter(v)] + frozen_vars
+            trainable_vars = [v for v in trainable_vars if trainable_filter(v)]
         self._hub_weights = [
             keras.Variable(
                 initializer=variable,
@@ -225,7 +237,7 @@ class HubLayer(keras.layers.Layer):
             outputs = self._function(**inputs)
         elif self._takes_training:
             # Dropout in the SavedModel runs only when fine-tuning and training.
-            outputs = self._function(inputs, training=bool(training and self.trainable))
+            outputs = self._function(inputs, training=bool(training and self.trainable and not self._inference_only))
         else:
             outputs = self._function(inputs)
         if self._output_key is not None:

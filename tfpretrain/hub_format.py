@@ -1,4 +1,5 @@
-"""Writes TF Hub-format BERT SavedModels: an encoder and its matching preprocessor.
+"""Writes TF Hub-format SavedModels: BERT encoders and their preprocessors, sentence encoders,
+image feature vectors.
 
 The contract is the one tfhub.dev's BERTs and TF Model Garden's exporter use, so anything that
 loads those loads these (and ``tfpretrain.hub`` loads both):
@@ -12,6 +13,8 @@ loads those loads these (and ``tfpretrain.hub`` loads both):
   returns a ``[batch, words, pieces]`` RaggedTensor; ``bert_pack_inputs(segments, seq_length)``
   packs one or two tokenized segments. The vocabulary travels as an asset.
 """
+
+import re
 
 import keras
 import tensorflow as tf
@@ -230,3 +233,63 @@ def export_sentence_encoder(encoder_dir, preprocessor_dir, path, seq_length=256)
     _save_reusable(path, call, strings, serve, list(encoder.variables), list(encoder.trainable_variables),
                    encoder=encoder, preprocessor=preprocessor)
     return path
+
+
+# Keras Applications and KerasHub name residual blocks "conv4_block2_..." / "stack1_block0_...".
+_BLOCK = re.compile(r"^((?:conv|stack)\d+_block\d+)_")
+
+
+def block_groups(model):
+    """The variables of a Keras image backbone grouped as ``[stem, block 1, ..., block K, top]``,
+    input to output, by layer names (``conv<i>_block<j>_*`` of Keras Applications ResNets,
+    ``stack<i>_block<j>_*`` of KerasHub's). Without such names: ``[everything, []]``."""
+    groups, after_blocks = {"stem": []}, False
+    for layer in model.layers:
+        match = _BLOCK.match(layer.name)
+        after_blocks = after_blocks or bool(match)
+        key = match.group(1) if match else ("top" if after_blocks else "stem")
+        groups.setdefault(key, []).extend(layer.weights)
+    groups["top"] = groups.pop("top", [])  # last
+    return list(groups.values())
+
+
+def export_image_encoder(model, path, image_size=None, preprocess=None):
+    """Writes a Keras image backbone as a TF Hub image feature vector at ``path``.
+
+    Contract (tfhub.dev's ``feature_vector`` models): ``__call__(images, training=False)`` on
+    float32 ``[batch, height, width, 3]`` images with values in [0, 1] returns ``[batch,
+    features]``; ``serving_default(images) -> {"feature_vector"}``; ``variables`` and
+    ``trainable_variables``. The model's own input scaling (``preprocess``) is inside, so callers
+    always pass [0, 1]. ``block_sizes`` (int32) says how many of ``variables``, in order, belong to
+    the stem, each residual block and the top (see ``block_groups``), so a loader can fine-tune
+    only the top blocks.
+
+    Args:
+        model: Keras model from images to ``[batch, features]`` (pooling included).
+        image_size: the input size the model expects (fixed in the signature), or None for any.
+        preprocess: ``f(images in [0, 1]) -> model inputs`` (e.g. ``lambda x:
+            keras.applications.resnet.preprocess_input(x * 255)``), or None.
+
+    Example:
+        >>> features = keras.applications.ResNet50V2(include_top=False, weights=None, pooling="avg")  # doctest: +SKIP
+        >>> export_image_encoder(features, "/tmp/resnet", 224, lambda x: x * 2 - 1)  # doctest: +SKIP
+    """
+    groups = block_groups(model)
+    seen = {id(v) for group in groups for v in group}
+    groups[-1] += [v for v in model.weights if id(v) not in seen]  # e.g. weights of nested models
+    ordered = [v for group in groups for v in group]
+    spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")
+
+    @tf.function
+    def call(images, training=False):
+        inputs = preprocess(images) if preprocess else images
+        return tf.cast(model(inputs, training=training), tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def serve(images):
+        return {"feature_vector": call(images, training=False)}
+
+    trainable_ids = {id(v) for v in model.trainable_weights}
+    _save_reusable(path, call, spec, serve, _variables(ordered),
+                   _variables([v for v in ordered if id(v) in trainable_ids]),
+                   block_sizes=tf.Variable([len(g) for g in groups], dtype=tf.int32, trainable=False))

@@ -53,6 +53,22 @@ def build_sentence_classifier(encoder_layer, head):
     return keras.Model(texts, head(encoder_layer(texts)), name="sentence_classifier")
 
 
+def build_image_classifier(encoder_layer, num_classes, image_size, dropout=0.0, seed=None):
+    """An image classifier: float32 ``[batch, size, size, 3]`` in [0, 1] → logits ``[batch, C]``.
+
+    ``encoder_layer`` maps those images to ``[batch, features]``: ``load_image_encoder(...).layer``
+    (which keeps batch norm in inference mode) or a Keras backbone trained from scratch.
+
+    Example:
+        >>> encoder = load_image_encoder("digits_resnet")  # doctest: +SKIP
+        >>> model = build_image_classifier(encoder.layer, 5, encoder.image_size)  # doctest: +SKIP
+    """
+    images = keras.Input((image_size, image_size, 3), name="images")
+    features = encoder_layer(images)
+    logits = heads.build_classification_head(num_classes, dropout, seed=seed)(features)
+    return keras.Model(images, logits, name="image_classifier")
+
+
 def feature_extractor(classifier):
     """The part of a classifier built here that computes what its head classifies: a
     ``keras.Model`` from the classifier's inputs to the input of its ``classifier`` head layer

@@ -2,15 +2,19 @@
 
     python -m tfpretrain.predict --model runs/bert_text_classifier/export "Shares fell 5%." "A late goal"
     python -m tfpretrain.predict --model runs/bert_text_classifier/export --file texts.txt --json
+    python -m tfpretrain.predict --model runs/resnet_image_classifier/export digit.png photo.jpg
 
 Prints the label and its probability per input as a table (or JSON lines with every class's
-probability), calling the export's ``serving_default`` in batches. Needs only ``tensorflow`` and
-``tensorflow_text``: a teammate can run it without the training data or this project's code paths.
+probability), calling the export's ``serving_default`` in batches. Text exports take strings;
+image exports (input ``image_bytes``) take image files, sent as their encoded bytes. Needs only
+``tensorflow`` and ``tensorflow_text``: a teammate can run it without the training data or this
+project's code paths.
 """
 
 import argparse
 import json
 import os
+import pathlib
 import sys
 
 
@@ -34,19 +38,30 @@ def _load(path):
 
 
 def predict(path, texts, batch_size=64):
-    """[(text, label, probability, {label: probability})] for ``texts`` with the export at ``path``.
+    """[(input, label, probability, {label: probability})] for ``texts`` (strings, or image file
+    paths for an image export) with the export at ``path``.
 
     Example:
         >>> predict("runs/bert_text_classifier/export", ["Shares fell 5%."])  # doctest: +SKIP
         [('Shares fell 5%.', 'business', 0.98, {...})]
+        >>> predict("runs/resnet_image_classifier/export", ["seven.png"])  # doctest: +SKIP
+        [('seven.png', '7', 0.99, {...})]
     """
     import tensorflow as tf
 
     serve, input_name, names = _load(path)
+    if input_name.endswith("_bytes"):  # an image export: the inputs are image files
+        missing = [t for t in texts if not os.path.isfile(t)]
+        if missing:
+            raise FileNotFoundError(f"this export takes image files; not a file: {missing[0]}")
     rows = []
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
-        out = serve(**{input_name: tf.constant(batch, tf.string)})
+        if input_name.endswith("_bytes"):
+            batch_values = [pathlib.Path(t).read_bytes() for t in batch]
+        else:
+            batch_values = batch
+        out = serve(**{input_name: tf.constant(batch_values, tf.string)})
         probabilities = out["probabilities"].numpy()
         for text, label, p in zip(batch, out["label"].numpy(), probabilities):
             classes = names or [str(i) for i in range(len(p))]
@@ -58,8 +73,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tfpretrain.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="export directory (a serving SavedModel)")
-    parser.add_argument("texts", nargs="*", help="texts to classify")
-    parser.add_argument("--file", help="a text file, one input per line")
+    parser.add_argument("texts", nargs="*", metavar="INPUT",
+                        help="texts to classify, or image files for an image export")
+    parser.add_argument("--file", help="a text file, one input (text or image path) per line")
     parser.add_argument("--json", action="store_true", help="JSON lines with every class's probability")
     parser.add_argument("--batch_size", type=int, default=64)
     args = parser.parse_args(argv)

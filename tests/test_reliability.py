@@ -36,6 +36,7 @@ def _popen(args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # 70 s: three toy runs
 def test_same_seed_is_bit_identical_and_another_seed_differs(toy_bert, toy_csv, tmp_path):
     runs = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
@@ -47,6 +48,7 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(toy_bert, toy_csv, 
     assert not _same_weights(runs["a"][0], runs["c"][0])
 
 
+@pytest.mark.slow  # 90 s
 def test_sigterm_checkpoints_exits_143_and_the_rerun_resumes(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
     args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=60", "--train.checkpoint_every=100000",

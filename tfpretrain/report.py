@@ -180,6 +180,11 @@ def write_report(workdir, *, title, recipe, config, results, label_names, split_
                  f"{test['loss']:.4f}" if test else "—"))
     lines += _table(["metric", f"validation (best, step {best.get('step', '—')})", "test"], rows) + [""]
     lines += [f"Training steps: {results['steps']}.", ""]
+    if results.get("comparison"):  # transfer vs baselines with the same number of steps
+        lines += ["### Compared with baselines (same number of steps)", ""]
+        lines += _table(["run", "test accuracy", "best validation accuracy", "steps"],
+                        [(name, _percent(r["test_accuracy"]), _percent(r["best_validation_accuracy"]), r["steps"])
+                         for name, r in results["comparison"].items()]) + [""]
     if test:
         lines += ["### Per class (test)", ""]
         lines += _table(["class", "precision", "recall", "F1", "support"],

@@ -83,8 +83,7 @@ def main(cfg):
         workdir, title=f"Text classifier: {cfg.model.encoder} on {cfg.data.train_file or cfg.data.name}",
         recipe="bert_text_classifier", config=config_lib.to_dict(cfg), results=results,
         label_names=label_names, split_sizes={s: tp.count_examples(d) for s, d in examples.items()},
-        encoder={"encoder": f"`{cfg.model.encoder}`" + (f" ({zoo.PRESETS[cfg.model.encoder]['description']})"
-                                                       if zoo.is_preset(cfg.model.encoder) else ""),
+        encoder={"encoder": zoo.describe(cfg.model.encoder),
                  "preprocessor": f"`{encoder.preprocessor_handle}`",
                  "input": f"{seq} tokens, {cfg.model.truncation} truncation, {encoder.pooling} pooling",
                  "trainable parameters": f"{trainable:,}"},

@@ -14,7 +14,9 @@ metrics.json and report.md show all three.
 """
 
 import base64
+import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -71,8 +73,7 @@ def main(cfg):
         workdir, title=f"Image classifier: {cfg.model.encoder} on {cfg.data.image_dir or cfg.data.name}",
         recipe="resnet_image_classifier", config=config_lib.to_dict(cfg), results=main,
         label_names=label_names, split_sizes={s: tp.count_examples(d) for s, d in examples.items()},
-        encoder={"encoder": f"`{cfg.model.encoder}`" + (f" ({zoo.PRESETS[cfg.model.encoder]['description']})"
-                                                       if zoo.is_preset(cfg.model.encoder) else ""),
+        encoder={"encoder": zoo.describe(cfg.model.encoder),
                  "fine-tuning": f"head for {cfg.train.head_epochs} epochs on the frozen encoder, then "
                                 + ("the whole encoder" if cfg.model.fine_tune_blocks < 0 else
                                    f"the top {cfg.model.fine_tune_blocks} blocks")
@@ -105,7 +106,7 @@ def _batches(cfg, examples, split, size, augment=None, epoch=None, skip=0):
 
 def _phase(model, cfg, train_config, strategy, examples, label_names, size, run_dir, what):
     augment = image_data.build_augmenter(cfg.data.augment, cfg.train.seed)
-    steps_per_epoch = sum(1 for _ in _batches(cfg, examples, "train", size))
+    steps_per_epoch = math.ceil(tp.count_examples(examples["train"]) / train_config.global_batch_size)
     total = train_config.max_steps or train_config.epochs * steps_per_epoch
     with strategy.scope():
         optimizer = tp.build_optimizer(train_config, total)
@@ -128,8 +129,6 @@ def _result(model, state, cfg, examples, label_names, size):
 
 
 def _head_config(cfg, epochs):
-    import dataclasses
-
     return dataclasses.replace(cfg.train, epochs=epochs, learning_rate=cfg.train.head_learning_rate)
 
 
@@ -170,7 +169,10 @@ def _frozen(cfg, strategy, examples, label_names, run_dir):
 def _scratch(cfg, strategy, examples, label_names, run_dir):
     """the same architecture from random weights, for as many steps"""
     info_file = os.path.join(zoo.preset_dir(cfg.model.encoder), "preset.json")
-    info = json.load(open(info_file)) if os.path.exists(info_file) else {}
+    info = {}
+    if os.path.exists(info_file):
+        with open(info_file) as f:
+            info = json.load(f)
     if "filters" not in info:
         print(f"skipped: the architecture of {cfg.model.encoder!r} is unknown (only presets made by "
               "recipes.resnet_pretrain record it)", flush=True)

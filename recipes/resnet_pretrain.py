@@ -13,6 +13,7 @@ fine-tunes on digits 5-9.
 """
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -61,7 +62,7 @@ def main(cfg):
     def eval_batches(split):
         return image_data.make_image_batches(examples[split], batch, size)
 
-    steps_per_epoch = sum(1 for _ in eval_batches("train"))
+    steps_per_epoch = math.ceil(tp.count_examples(examples["train"]) / batch)
     total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
     with strategy.scope():
         optimizer = tp.build_optimizer(cfg.train, total)

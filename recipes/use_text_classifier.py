@@ -79,8 +79,7 @@ def main(cfg):
         workdir, title=f"Text classifier: {cfg.model.encoder} on {cfg.data.train_file or cfg.data.name}",
         recipe="use_text_classifier", config=config_lib.to_dict(cfg), results=results,
         label_names=label_names, split_sizes={s: tp.count_examples(d) for s, d in cached.items()},
-        encoder={"encoder": f"`{cfg.model.encoder}`" + (f" ({zoo.PRESETS[cfg.model.encoder]['description']})"
-                                                       if zoo.is_preset(cfg.model.encoder) else ""),
+        encoder={"encoder": zoo.describe(cfg.model.encoder),
                  "embedding": f"{encoder.dim}-d, fingerprint {encoder.fingerprint}",
                  "training": "end to end after the head" if cfg.model.trainable else "frozen; head on cached embeddings"},
         steps_per_epoch=None, example_inputs=[t[:200] for t in texts[:2]])

@@ -78,6 +78,11 @@ def preset_dir(name):
     return os.path.join(cache_dir(), "presets", name)
 
 
+def describe(handle):
+    """Markdown for a model handle: a preset's name with its description, else the handle."""
+    return f"`{handle}` ({PRESETS[handle]['description']})" if is_preset(handle) else f"`{handle}`"
+
+
 def _log(message):
     print(f"[tfpretrain.zoo] {message}", file=sys.stderr, flush=True)
 

@@ -25,7 +25,8 @@ import sys
 import keras
 import tensorflow as tf
 
-from tfpretrain.data.tfds import DataError, load_tfds
+from tfpretrain.data.pipeline import count_examples
+from tfpretrain.data.tfds import DataError, load_tfds_splits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast")
@@ -91,11 +92,7 @@ def _first_per_class(dataset, label_of, per_class, n_classes):
 def _from_tfds(config):
     where = f"TFDS {config.name}"
     datasets, names = {}, None
-    for split, tfds_split in (("train", config.train_split), ("validation", config.validation_split),
-                              ("test", config.test_split)):
-        if not tfds_split:
-            continue
-        dataset, info = load_tfds(config.name, tfds_split, config.data_dir)
+    for split, (dataset, info) in load_tfds_splits(config).items():
         features = info.features
         for key, option in ((config.image_key, "image_key"), (config.label_key, "label_key")):
             if key not in features:
@@ -118,11 +115,6 @@ def _from_tfds(config):
             lambda x: (x[config.image_key], tf.cast(x[config.label_key], tf.int64))
         )
     return datasets, names
-
-
-def _count(dataset):
-    known = int(dataset.cardinality())
-    return known if known >= 0 else int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
 
 
 def _class_counts(dataset, n_classes):
@@ -307,7 +299,7 @@ def make_image_datasets(config):
         train_counts = None
         if "train" in datasets and config.train_per_class > 0:
             train_counts = _class_counts(datasets["train"], len(names))
-        counts = {split: sum(train_counts) if split == "train" and train_counts else _count(dataset)
+        counts = {split: sum(train_counts) if split == "train" and train_counts else count_examples(dataset)
                   for split, dataset in datasets.items()}
         for split, count in counts.items():
             if not count:

@@ -12,7 +12,7 @@ import sys
 
 import tensorflow as tf
 
-from tfpretrain.data.tfds import DataError, load_tfds
+from tfpretrain.data.tfds import DataError, load_tfds_splits
 
 _TEXT_KEYS = ("text", "sentence", "description", "content", "document", "review")
 
@@ -134,11 +134,7 @@ def _from_files(config):
 
 def _from_tfds(config):
     datasets, names = {}, None
-    for split, tfds_split in (("train", config.train_split), ("validation", config.validation_split),
-                              ("test", config.test_split)):
-        if not tfds_split:
-            continue
-        dataset, info = load_tfds(config.name, tfds_split, config.data_dir)
+    for split, (dataset, info) in load_tfds_splits(config).items():
         features = info.features
         text_key = _guess_text_key(features.keys(), config.text_key, f"TFDS {config.name}")
         if config.label_key not in features or not hasattr(features[config.label_key], "names"):

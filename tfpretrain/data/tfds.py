@@ -225,3 +225,10 @@ def load_tfds(name, split, data_dir=""):
             f"split {split!r} of {name!r}: {error} (available: {sorted(builder.info.splits)})"
         ) from None
     return dataset, builder.info
+
+
+def load_tfds_splits(config):
+    """``{"train"|"validation"|"test": (dataset, info)}`` for the TFDS splits a data config names
+    (``config.train_split`` / ``validation_split`` / ``test_split`` of ``config.name``; '' = absent)."""
+    named = (("train", config.train_split), ("validation", config.validation_split), ("test", config.test_split))
+    return {split: load_tfds(config.name, tfds_split, config.data_dir) for split, tfds_split in named if tfds_split}

@@ -128,21 +128,28 @@ class TrainState:
     seconds: float
 
 
-def _make_train_step(model, optimizer, strategy, clip_norm):
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+def classification_loss(labels, logits):
+    """Softmax cross-entropy per example, each example weighing 1 (the default loss of ``fit``)."""
+    per_example = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32),
+                                                               from_logits=True)
+    return per_example, tf.ones_like(per_example)
+
+
+def _make_train_step(model, optimizer, strategy, clip_norm, loss_fn):
     with strategy.scope():
         # Slots made lazily inside the first distributed step break MirroredStrategy.
         optimizer.build(model.trainable_variables)
 
     def replica_step(inputs, labels):
         with tf.GradientTape() as tape:
-            logits = model(inputs, training=True)
-            per_example = loss_fn(labels, tf.cast(logits, tf.float32))
-            # Divides by the global batch (summed over replicas), so partial batches are exact.
-            loss = tf.nn.compute_average_loss(per_example)
+            losses, weights = loss_fn(labels, model(inputs, training=True))
+            # The weighted mean over the global batch (weights summed over replicas), so partial
+            # batches and uneven masked-token counts are exact.
+            context = tf.distribute.get_replica_context()
+            total_weight = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(weights))
+            loss = tf.reduce_sum(losses * weights) / tf.maximum(total_weight, 1e-9)
         variables = model.trainable_variables
         grads = tape.gradient(loss, variables)
-        context = tf.distribute.get_replica_context()
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
         if clip_norm:
             grads, _ = tf.clip_by_global_norm(grads, clip_norm)
@@ -185,7 +192,7 @@ def _progress(step, total, loss, started, first_step, epoch):
 
 
 def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workdir,
-        evaluate=None, write_checkpoints=True):
+        evaluate=None, write_checkpoints=True, loss_fn=classification_loss):
     """Trains ``model`` with a custom loop; resumes from ``workdir/checkpoints`` when present.
 
     Args:
@@ -197,6 +204,9 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
         evaluate: ``f(model) -> {metric: value}`` on the validation split, or ``None``; only
             its scalar values are logged and kept.
         write_checkpoints: False on non-chief workers (they write to a temporary directory).
+        loss_fn: ``f(labels, outputs) -> (losses, weights)``, same-shaped float32 tensors; the
+            step minimises ``sum(losses * weights) / sum(weights)`` over the global batch
+            (default: ``classification_loss``; masked LM: ``pretrain.mlm.masked_lm_loss``).
 
     Returns:
         A ``TrainState``; the model holds the best weights by ``config.best_metric`` when
@@ -221,7 +231,7 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
     if restored:
         print(f"Resuming from {restored} (step {int(counters['step'])}, epoch "
               f"{int(counters['epoch']) + 1}, batch {int(counters['batch_in_epoch'])})", flush=True)
-    train_step = _make_train_step(model, optimizer, strategy, config.clip_norm)
+    train_step = _make_train_step(model, optimizer, strategy, config.clip_norm, loss_fn)
     step, started, first_step = int(counters["step"]), time.time(), int(counters["step"])
     writer = tf.summary.create_file_writer(os.path.join(workdir, "logs", "train"))
     eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "logs", "validation"))

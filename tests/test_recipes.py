@@ -116,7 +116,8 @@ def test_empty_split_is_an_error(toy_bert, toy_csv, tmp_path):
                                           ("use_text_classifier", "--model.encoder=minilm_l6_sentence "),
                                           ("embed", "--encoder=minilm_l6_sentence "),
                                           ("resnet_pretrain", "--export.preset=digits_resnet "),
-                                          ("resnet_image_classifier", "--model.encoder=digits_resnet ")])
+                                          ("resnet_image_classifier", "--model.encoder=digits_resnet "),
+                                          ("bert_mlm_pretrain", "--model.whole_word=False ")])
 def test_help_lists_flags(recipe, flag):
     result = run_python(["-m", f"recipes.{recipe}", "--help"], timeout=120)
     assert result.returncode == 0

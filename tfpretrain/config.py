@@ -46,8 +46,8 @@ class ModelConfig:
     encoder: str = _help("preset name, local dir, gs:// path or tfhub.dev/Kaggle URL of a "
                          "TF Hub-format BERT encoder", "minilm_l6")
     preprocessor: str = _help("matching TF Hub-format preprocessor ('' = the preset's)", "")
-    seq_length: int = _help("maximum tokens per example (batches are padded to their own "
-                            "longest example)", 256)
+    seq_length: int = _help("maximum tokens per example (batches are padded to their own longest "
+                            "example); 0 = the preset's (256), else 256 or the encoder's positions if fewer", 0)
     truncation: str = _help("tokens kept of longer texts: 'head' (the first seq_length) or "
                             "'head_tail' (a quarter from the start, the rest from the end)", "head_tail")
     trainable: bool = _help("fine-tune the encoder (false: train the head only)", True)
@@ -350,6 +350,61 @@ def parse_args(config, argv):
         if key != "config":
             set_value(config, key, value)
     return config
+
+
+@dataclasses.dataclass
+class MlmDataConfig:
+    name: str = _help("TFDS dataset of the corpus (bbc_news, imdb_reviews, wikipedia/20230601.en, ...); "
+                      "ignored when path is set", "bbc_news")
+    split: str = _help("TFDS split (imdb_reviews: unsupervised); slicing works (train[:10%])", "train")
+    feature: str = _help("TFDS feature that holds the text", "text")
+    data_dir: str = _help("TFDS data directory (default: $TFPRETRAIN_CACHE/tensorflow_datasets)", "")
+    path: str = _help("a text file or a folder of .txt files (instead of a TFDS dataset)", "")
+    document: str = _help("'file' (one document per file) or 'line' (one per line); '' = 'line' for "
+                          "a single file, 'file' for a folder", "")
+    heldout_fraction: float = _help("documents held out for evaluation, chosen by a hash of their text", 0.05)
+    max_documents: int = _help("use only the first N documents (0 = all)", 0)
+    shuffle_buffer: int = _help("shuffle buffer (windows)", 10000)
+    invalid_utf8: str = _help("invalid UTF-8 in local files: 'replace' or 'error'", "replace")
+
+
+@dataclasses.dataclass
+class MlmModelConfig:
+    encoder: str = _help("'' = a new BERT trained from scratch with a WordPiece vocabulary learned from "
+                         "the corpus; else the BERT to continue pretraining: preset, local dir, gs:// "
+                         "path or hub URL", "")
+    preprocessor: str = _help("the encoder's TF Hub-format preprocessor ('' = the preset's)", "")
+    vocab_size: int = _help("WordPiece vocabulary size to learn (from scratch)", 4000)
+    lower_case: bool = _help("lower-case and strip accents before tokenizing (from scratch)", True)
+    num_layers: int = _help("transformer layers (from scratch)", 2)
+    hidden_dim: int = _help("hidden width (from scratch)", 256)
+    num_heads: int = _help("attention heads (from scratch)", 4)
+    intermediate_dim: int = _help("feed-forward width (from scratch)", 1024)
+    dropout: float = _help("dropout inside the new BERT (from scratch)", 0.0)
+    seq_length: int = _help("tokens per window; documents are cut into windows of this length", 128)
+    mask_rate: float = _help("fraction of tokens (or words) selected for prediction", 0.15)
+    max_predictions: int = _help("most masked positions scored per window", 20)
+    whole_word: bool = _help("mask all pieces of a selected word together", False)
+
+
+@dataclasses.dataclass
+class MlmExportConfig:
+    enabled: bool = _help("export the encoder (with its mlm sub-object) and preprocessor in TF Hub format", True)
+
+
+def _mlm_train():
+    return TrainConfig(epochs=7, learning_rate=2e-3, checkpoint_every=200)
+
+
+@dataclasses.dataclass
+class MlmPretrainConfig:
+    workdir: str = _help("run directory (config, vocabulary, checkpoints, logs, metrics, export)",
+                         "runs/bert_mlm_pretrain")
+    data: MlmDataConfig = dataclasses.field(default_factory=MlmDataConfig)
+    model: MlmModelConfig = dataclasses.field(default_factory=MlmModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=_mlm_train)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    export: MlmExportConfig = dataclasses.field(default_factory=MlmExportConfig)
 
 
 _RUN_DEFINING = ("data", "model", "train")

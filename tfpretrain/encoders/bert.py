@@ -72,7 +72,7 @@ def load_encoder(encoder="minilm_l6", preprocessor="", trainable=True, seq_lengt
         encoder: preset name (``python -m tfpretrain.zoo list``), local dir, ``gs://`` or URL.
         preprocessor: the matching preprocessor; presets supply their own.
         trainable: fine-tune the encoder's weights.
-        seq_length: maximum tokens per example (default: the preset's, else 128 or the
+        seq_length: maximum tokens per example (default: the preset's, else 256 or the
             encoder's number of positions if smaller).
         pooling: ``"mean"`` or ``"pooled"`` (default: the preset's, else ``"pooled"``).
 
@@ -83,7 +83,7 @@ def load_encoder(encoder="minilm_l6", preprocessor="", trainable=True, seq_lengt
     encoder_path, preprocessor_path, info = _resolve_pair(encoder, preprocessor)
     layer = hub.HubLayer(encoder_path, trainable=trainable, name="encoder")
     pre = hub.load_saved_model(preprocessor_path)
-    seq_length = seq_length or info.get("seq_length") or min(128, _rows(layer, "position") or 128)
+    seq_length = seq_length or info.get("seq_length") or min(256, _rows(layer, "position") or 256)
     _check_pair(layer, pre, encoder, preprocessor_path, seq_length)
     return LoadedEncoder(
         layer=layer,

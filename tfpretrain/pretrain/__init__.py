@@ -1,0 +1,1 @@
+"""Pretraining objectives that produce encoders the fine-tuning side loads."""

@@ -135,7 +135,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tfpretrain.encoders.bert import load_encoder
 from tfpretrain.models import build_bert_classifier
-from tfpretrain.train import _make_train_step, build_optimizer
+from tfpretrain.train import _make_train_step, build_optimizer, classification_loss
 from tfpretrain.config import TrainConfig
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
@@ -145,7 +145,7 @@ with strategy.scope():
 x = loaded.preprocessor(tf.constant(["good movie", "bad plot", "fun film", "awful actor"]))
 ds = tf.data.Dataset.from_tensors((x, tf.constant([0, 1, 0, 1])))
 before = loaded.layer.saved_model.trainable_variables[0].numpy().copy()
-step = _make_train_step(model, optimizer, strategy, clip_norm=1.0)
+step = _make_train_step(model, optimizer, strategy, clip_norm=1.0, loss_fn=classification_loss)
 for batch in strategy.experimental_distribute_dataset(ds.repeat(2)):
     loss = step(batch)
 print("replicas", strategy.num_replicas_in_sync, "changed",

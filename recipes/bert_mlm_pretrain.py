@@ -14,6 +14,7 @@ with warm-up, 7 epochs.
         --model.preprocessor=runs/bert_mlm_pretrain/export/preprocessor
 """
 
+import json
 import os
 import shutil
 import sys
@@ -118,8 +119,6 @@ def _restart_safe_start(workdir, model, heldout):
     """The held-out score before training; a resumed run reads the first run's from disk."""
     path = os.path.join(workdir, "start.json")
     if os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
-        import json
-
         with open(path) as f:
             return json.load(f)
     start = mlm.evaluate_mlm(model, heldout)

@@ -25,7 +25,7 @@ import sys
 import keras
 import tensorflow as tf
 
-from tfpretrain.data.pipeline import count_examples
+from tfpretrain.data.pipeline import count_examples, finish_batches
 from tfpretrain.data.tfds import DataError, load_tfds_splits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
@@ -421,7 +421,4 @@ def make_image_batches(examples, batch_size, image_size, augment=None, shuffle_s
     if augment is not None:  # sequential map: the layers' random state advances in batch order
         batches = batches.map(lambda images, labels: (tf.cast(augment(images, training=True), tf.float32),
                                                       labels))
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return finish_batches(batches)

@@ -107,6 +107,12 @@ def make_batches(examples, batch_size, seq_length, shuffle_seed=None, shuffle_bu
     )
     if skip_batches:
         batches = batches.skip(skip_batches)
+    return finish_batches(batches)
+
+
+def finish_batches(batches):
+    """What every training input pipeline ends with: a deterministic element order (so resuming
+    replays the same batches), sharding by data across workers, and prefetching."""
     options = tf.data.Options()
     options.deterministic = True
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

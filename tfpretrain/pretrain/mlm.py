@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpretrain.data.pipeline import finish_batches
 from tfpretrain.encoders.bert import INPUT_NAMES
 from tfpretrain.files import atomic_directory
 from tfpretrain.hub_format import normalize_uncased
@@ -130,10 +131,7 @@ def make_mlm_batches(windows, masking, batch_size, seed, shuffle_seed=None, shuf
     batches = windows.map(lambda t, w: _mask_window(t, w, masking)).padded_batch(batch_size)
     if skip_batches:
         batches = batches.skip(skip_batches)
-    options = tf.data.Options()
-    options.deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return batches.with_options(options).prefetch(tf.data.AUTOTUNE)
+    return finish_batches(batches)
 
 
 def masked_lm_loss(labels, logits):

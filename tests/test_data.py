@@ -7,7 +7,7 @@ import tensorflow as tf
 from tests.conftest import TOY_ROWS, write_csv
 from tfpretrain.config import DataConfig
 from tfpretrain.data import tfds as tp_tfds
-from tfpretrain.data.pipeline import make_batches, pack_texts, tokenize_texts
+from tfpretrain.data.pipeline import make_batches, pack_texts, padding_efficiency, tokenize_texts
 from tfpretrain.data.text import make_text_datasets
 from tfpretrain.encoders.bert import load_encoder
 
@@ -101,6 +101,21 @@ def test_batches_are_padded_to_their_own_length(toy_bert):
     skipped = [x["input_word_ids"].numpy().tolist() for x, _ in make_batches(examples, 8, 32, shuffle_seed=1, skip_batches=3)]
     assert skipped == first[3:]
     assert sum(int(np.sum(x["input_mask"])) for x, _ in make_batches(examples, 8, 32)) == 40 * 3 + 40 * 22
+
+
+def test_length_buckets_waste_little_padding_and_keep_every_example_once():
+    # SST-2-like lengths: mostly 4-30 tokens, a few long ones; the label is the example's index.
+    lengths = np.clip(np.random.RandomState(0).lognormal(2.5, 0.6, 3000).astype(int) + 3, 3, 128)
+    ids = tf.ragged.range(lengths) + 5
+    examples = tf.data.Dataset.from_tensor_slices((ids, np.arange(len(lengths)))).map(
+        lambda x, i: ({"input_word_ids": x, "input_mask": tf.ones_like(x), "input_type_ids": tf.zeros_like(x)}, i))
+    batches = make_batches(examples, 32, 128, shuffle_seed=0)
+    assert padding_efficiency(batches) >= 0.9  # powers-of-two buckets (17, 33, ...): 0.70
+    seen = np.concatenate([label.numpy() for _, label in batches])
+    assert sorted(seen.tolist()) == list(range(len(lengths)))
+    sizes = [int(label.shape[0]) for _, label in batches]
+    assert len([s for s in sizes if s < 32]) <= 45  # at most one partial batch per length bucket
+    assert sum(1 for _ in make_batches(examples, 32, 128)) == len(sizes)  # the count does not depend on order
 
 
 def test_head_tail_truncation_keeps_a_quarter_from_the_start_and_the_rest_from_the_end(toy_bert):

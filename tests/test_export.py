@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpretrain.encoders.bert import load_encoder
-from tfpretrain.export import export_text_classifier, serve_in_fresh_process
+from tfpretrain.export import export_text_classifier, serve_in_fresh_process, trim_to_longest
 from tfpretrain.models import build_bert_classifier, feature_extractor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +25,25 @@ def test_fresh_process_reproduces_in_memory_probabilities(toy_bert, tmp_path):
     assert served.shape == (5, 3)
     assert np.abs(served - in_memory).max() <= 1e-5
     assert (tmp_path / "export" / "assets" / "labels.txt").read_text().split() == ["a", "b", "c"]
+
+
+def test_serving_computes_only_up_to_the_longest_text_with_unchanged_outputs(toy_bert, tmp_path):
+    loaded = load_encoder(*toy_bert, trainable=True)
+    model = build_bert_classifier(loaded.layer, 3, pooling="mean")
+    texts = ["good", "the worst plot", "fun film " * 5, ""]  # all far shorter than 64 tokens
+    path = export_text_classifier(model, ["a", "b", "c"], str(tmp_path / "e"), loaded.preprocessor, 64)
+    packed = loaded.preprocessor.bert_pack_inputs([loaded.preprocessor.tokenize(tf.constant(texts))],
+                                                  seq_length=64)
+    trimmed = trim_to_longest(packed)
+    assert {k: tuple(v.shape) for k, v in trimmed.items()} == {
+        "input_word_ids": (4, 12), "input_mask": (4, 12), "input_type_ids": (4, 12)}  # 10 pieces + 2
+    untrimmed = tf.nn.softmax(model(packed, training=False)).numpy()  # padded to 64
+    served = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(texts))
+    assert np.abs(served["probabilities"].numpy() - untrimmed).max() <= 1e-5
+    assert np.abs(tf.nn.softmax(model(trimmed, training=False)).numpy() - untrimmed).max() <= 1e-5
+    # The TFLite models' inputs keep the fixed length.
+    fixed = tf.saved_model.load(path).signatures["preprocess"](text=tf.constant(texts))
+    assert fixed["input_word_ids"].shape == (4, 64)
 
 
 def test_export_serves_labels_and_empty_batches(toy_bert, tmp_path):

@@ -53,16 +53,26 @@ def export_text_classifier(model, label_names, path, preprocessor=None, seq_leng
     def model_inputs(text):
         if preprocessor is None:
             return text
-        inputs = pack_texts(preprocessor, text, seq_length, truncation)
-        # Compute only up to the longest text in the batch, as training did.
-        longest = tf.maximum(tf.reduce_max(tf.reduce_sum(inputs["input_mask"], axis=1)), 1)
-        return {key: value[:, :longest] for key, value in inputs.items()}
+        return trim_to_longest(pack_texts(preprocessor, text, seq_length, truncation))
 
     endpoints = {"serving_default": (model_inputs, text_spec)}
     if preprocessor is not None:
         # What the TFLite models take: token ids padded to seq_length.
         endpoints["preprocess"] = (lambda text: pack_texts(preprocessor, text, seq_length, truncation), text_spec)
     return _write_classifier(model, label_names, path, endpoints, track=[preprocessor] if preprocessor else [])
+
+
+def trim_to_longest(inputs):
+    """Packed BERT inputs ``[batch, seq_length]`` → ``[batch, longest]``, where ``longest`` is the
+    longest real length in the batch (the most ``input_mask`` ones; at least 1).
+
+    The serving path computes only up to the batch's longest text, as training did (batches are
+    padded to their own longest example): a 10-token request costs 10 tokens, not ``seq_length``.
+    The dropped columns are padding, which the encoder masks, so outputs are unchanged; TF
+    Hub-format encoders take any sequence length up to their number of positions.
+    """
+    longest = tf.maximum(tf.reduce_max(tf.reduce_sum(inputs["input_mask"], axis=1)), 1)
+    return {key: value[:, :longest] for key, value in inputs.items()}
 
 
 def export_image_classifier(model, label_names, path, image_size):

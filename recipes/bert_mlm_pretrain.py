@@ -52,10 +52,7 @@ def _new_bert(cfg, corpus, workdir):
 
 def main(cfg):
     workdir = os.path.abspath(cfg.workdir)
-    config_lib.save_config(cfg, workdir)
-    tp.set_seed(cfg.train.seed, cfg.runtime.deterministic)
-    strategy = tp.build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
-    tp.per_replica_batch_size(cfg.train.global_batch_size, strategy)
+    strategy = tp.start_run(cfg)
     corpus = make_corpus(cfg.data)
     scratch = not cfg.model.encoder
     encoder_handle, preprocessor_handle = (_new_bert(cfg, corpus, workdir) if scratch
@@ -92,7 +89,8 @@ def main(cfg):
     print(f"held-out masked tokens: start accuracy {start['accuracy']:.4f} loss {start['loss']:.4f}; "
           f"most-frequent-token baseline {baseline:.4f}", flush=True)
     state = tp.fit(model, optimizer, train_batches, steps_per_epoch, cfg.train, strategy, workdir,
-                   evaluate=lambda m: mlm.evaluate_mlm(m, heldout), loss_fn=mlm.masked_lm_loss)
+                   evaluate=lambda m: mlm.evaluate_mlm(m, heldout), loss_fn=mlm.masked_lm_loss,
+                   steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
     end = mlm.evaluate_mlm(model, heldout)
     print(f"held-out masked tokens: end accuracy {end['accuracy']:.4f} loss {end['loss']:.4f} "
           f"(start {start['accuracy']:.4f} / {start['loss']:.4f}, baseline {baseline:.4f})", flush=True)

@@ -21,10 +21,7 @@ from tfpretrain import cli, config as config_lib, files, tflite as tflite_lib, z
 
 def main(cfg):
     workdir = os.path.abspath(cfg.workdir)
-    config_lib.save_config(cfg, workdir)
-    tp.set_seed(cfg.train.seed, cfg.runtime.deterministic)
-    strategy = tp.build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
-    tp.per_replica_batch_size(cfg.train.global_batch_size, strategy)
+    strategy = tp.start_run(cfg)
     datasets, label_names = tp.make_text_datasets(cfg.data)
     with strategy.scope():
         encoder = tp.load_encoder(cfg.model.encoder, cfg.model.preprocessor, cfg.model.trainable,
@@ -51,11 +48,14 @@ def main(cfg):
     print(f"replicas {strategy.num_replicas_in_sync} | global batch {batch} | steps/epoch "
           f"{steps_per_epoch} | total steps {total} | trainable parameters {trainable:,} | "
           f"encoder {cfg.model.encoder} | seq_length {seq} | labels {label_names}", flush=True)
+    print(tp.describe_precision(model), flush=True)
     evaluate = None
     if "validation" in examples:
         evaluate = lambda m: tp.evaluate_classifier(m, eval_batches("validation"), label_names)  # noqa: E731
     state = tp.fit(model, optimizer, train_batches, steps_per_epoch, cfg.train, strategy, workdir,
-                   evaluate=evaluate)
+                   evaluate=evaluate, steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
+    if not tp.is_chief(strategy):
+        return  # the chief evaluates, exports and reports
     # metrics.json is a pure function of config and data (bit-identical across reruns and
     # resumes); wall-clock times go to timing.json.
     results = {"steps": state.step, "best_validation": state.best, "validation_history": state.history,

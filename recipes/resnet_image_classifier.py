@@ -32,11 +32,8 @@ from tfpretrain.export import export_image_classifier
 
 def main(cfg):
     workdir = os.path.abspath(cfg.workdir)
-    config_lib.save_config(cfg, workdir)
     _ensure_preset(cfg.model.encoder)
-    tp.set_seed(cfg.train.seed, cfg.runtime.deterministic)
-    strategy = tp.build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
-    tp.per_replica_batch_size(cfg.train.global_batch_size, strategy)
+    strategy = tp.start_run(cfg)
     datasets, label_names = image_data.make_image_datasets(cfg.data)
     examples = {s: d.cache() for s, d in datasets.items()}
     runs = {"transfer": _transfer}
@@ -117,7 +114,8 @@ def _phase(model, cfg, train_config, strategy, examples, label_names, size, run_
     if "validation" in examples:
         evaluate = lambda m: tp.evaluate_classifier(m, _batches(cfg, examples, "validation", size), label_names)  # noqa: E731
     return tp.fit(model, optimizer, lambda epoch, skip: _batches(cfg, examples, "train", size, augment, epoch, skip),
-                  steps_per_epoch, train_config, strategy, run_dir, evaluate=evaluate)
+                  steps_per_epoch, train_config, strategy, run_dir, evaluate=evaluate,
+                  steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
 
 
 def _result(model, state, cfg, examples, label_names, size):

@@ -40,10 +40,7 @@ def main(cfg):
     if not filters or len(filters) != len(blocks) or filters[0] != 64:
         raise config_lib.ConfigError("model.filters and model.blocks need one entry per stack, and "
                                      f"the first filter count must be 64 (got {filters}, {blocks})")
-    config_lib.save_config(cfg, workdir)
-    tp.set_seed(cfg.train.seed, cfg.runtime.deterministic)
-    strategy = tp.build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
-    tp.per_replica_batch_size(cfg.train.global_batch_size, strategy)
+    strategy = tp.start_run(cfg)
     datasets, label_names = image_data.make_image_datasets(cfg.data)
     size, batch = cfg.model.image_size, cfg.train.global_batch_size
     with strategy.scope():
@@ -72,7 +69,8 @@ def main(cfg):
     evaluate = None
     if "validation" in examples:
         evaluate = lambda m: tp.evaluate_classifier(m, eval_batches("validation"), label_names)  # noqa: E731
-    state = tp.fit(model, optimizer, train_batches, steps_per_epoch, cfg.train, strategy, workdir, evaluate=evaluate)
+    state = tp.fit(model, optimizer, train_batches, steps_per_epoch, cfg.train, strategy, workdir, evaluate=evaluate,
+                   steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
     results = {"steps": state.step, "best_validation": state.best, "validation_history": state.history,
                "label_names": label_names}
     files.write_json(os.path.join(workdir, "timing.json"), {"train_seconds": round(state.seconds, 1)})

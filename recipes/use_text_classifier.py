@@ -29,10 +29,7 @@ def main(cfg):
             "SavedModel with TensorFlow Text ops that TFLite has neither as builtins nor as TF Select ops")
     workdir = os.path.abspath(cfg.workdir)
     hidden = [int(u) for u in cfg.model.hidden_units.split(",") if u.strip()]
-    config_lib.save_config(cfg, workdir)
-    tp.set_seed(cfg.train.seed, cfg.runtime.deterministic)
-    strategy = tp.build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
-    tp.per_replica_batch_size(cfg.train.global_batch_size, strategy)
+    strategy = tp.start_run(cfg)
     datasets, label_names = tp.make_text_datasets(cfg.data)
     with strategy.scope():
         encoder = tp.load_sentence_encoder(cfg.model.encoder, cfg.model.trainable,
@@ -51,12 +48,12 @@ def main(cfg):
                                       learning_rate=cfg.train.head_learning_rate)
     head_dir = os.path.join(workdir, "head") if cfg.model.trainable else workdir
     state = _train(head, cached, head_config, strategy, head_dir, label_names, "head on cached embeddings",
-                   cfg.data.shuffle_buffer)
+                   cfg.data.shuffle_buffer, cfg.runtime)
     trained, examples = head, cached
     if cfg.model.trainable:
         trained, examples = model, {s: d.cache() for s, d in datasets.items()}
         state = _train(model, examples, cfg.train, strategy, workdir, label_names, "model end to end",
-                       cfg.data.shuffle_buffer)
+                       cfg.data.shuffle_buffer, cfg.runtime)
     # metrics.json is a pure function of config and data (bit-identical across reruns and
     # resumes); wall-clock times go to timing.json.
     results = {"steps": state.step, "best_validation": state.best, "validation_history": state.history,
@@ -94,7 +91,7 @@ def _batches(examples, train_config, epoch=None, skip=0, shuffle_buffer=0):
     return examples.batch(train_config.global_batch_size).skip(skip).prefetch(tf.data.AUTOTUNE)
 
 
-def _train(trained, examples, train_config, strategy, workdir, label_names, what, shuffle_buffer):
+def _train(trained, examples, train_config, strategy, workdir, label_names, what, shuffle_buffer, runtime):
     steps_per_epoch = sum(1 for _ in _batches(examples["train"], train_config))
     total = train_config.max_steps or train_config.epochs * steps_per_epoch
     with strategy.scope():
@@ -111,7 +108,8 @@ def _train(trained, examples, train_config, strategy, workdir, label_names, what
         return _batches(examples["train"], train_config, epoch, skip, shuffle_buffer)
 
     return tp.fit(trained, optimizer, train_batches, steps_per_epoch, train_config, strategy, workdir,
-                  evaluate=evaluate)
+                  evaluate=evaluate, steps_per_execution=runtime.steps_per_execution,
+                  jit_compile=runtime.jit_compile)
 
 
 if __name__ == "__main__":

@@ -146,8 +146,8 @@ x = loaded.preprocessor(tf.constant(["good movie", "bad plot", "fun film", "awfu
 ds = tf.data.Dataset.from_tensors((x, tf.constant([0, 1, 0, 1])))
 before = loaded.layer.saved_model.trainable_variables[0].numpy().copy()
 step = _make_train_step(model, optimizer, strategy, clip_norm=1.0, loss_fn=classification_loss)
-for batch in strategy.experimental_distribute_dataset(ds.repeat(2)):
-    loss = step(batch)
+losses = step(iter(strategy.experimental_distribute_dataset(ds.repeat(2))), tf.constant(3))
+assert len(losses) == 2  # the call stops when the input runs out
 print("replicas", strategy.num_replicas_in_sync, "changed",
       not np.allclose(before, loaded.layer.saved_model.trainable_variables[0].numpy()))
 """

@@ -8,7 +8,8 @@ Public API (see README.md):
     build_classification_head, feature_extractor               — models
     make_text_datasets, tokenize_texts, make_batches, pack_texts,
     count_examples                                             — data
-    build_strategy, fit, build_optimizer, set_seed             — training
+    start_run, build_strategy, fit, build_optimizer, set_seed,
+    set_precision, describe_precision, is_chief               — training
     evaluate_classifier, classification_metrics, format_report,
     print_summary, write_report                                — evaluation and reports
     export_text_classifier, serve_in_fresh_process, check_export — export
@@ -19,7 +20,7 @@ Public API (see README.md):
 from tfpretrain.config import EmbedConfig, SentenceClassifierConfig, TextClassifierConfig
 from tfpretrain.data.pipeline import count_examples, make_batches, pack_texts, tokenize_texts
 from tfpretrain.data.text import make_text_datasets
-from tfpretrain.distribute import build_strategy, per_replica_batch_size
+from tfpretrain.distribute import build_strategy, describe_precision, is_chief, per_replica_batch_size, set_precision
 from tfpretrain.encoders.bert import load_encoder
 from tfpretrain.encoders.image import load_image_encoder
 from tfpretrain.encoders.sentence import embed_texts, load_embeddings, load_sentence_encoder
@@ -31,7 +32,7 @@ from tfpretrain.hub_format import export_bert_encoder, export_bert_preprocessor,
 from tfpretrain.models import (build_bert_classifier, build_image_classifier, build_sentence_classifier,
                                feature_extractor)
 from tfpretrain.report import write_report
-from tfpretrain.train import Preempted, TrainingError, build_optimizer, fit, set_seed
+from tfpretrain.train import Preempted, TrainingError, build_optimizer, fit, set_seed, start_run
 
 __version__ = "0.1.0"
 
@@ -48,6 +49,7 @@ __all__ = [
     "build_optimizer",
     "build_sentence_classifier",
     "build_strategy",
+    "describe_precision",
     "check_export",
     "classification_metrics",
     "count_examples",
@@ -69,6 +71,9 @@ __all__ = [
     "make_text_datasets",
     "pack_texts",
     "per_replica_batch_size",
+    "is_chief",
+    "set_precision",
+    "start_run",
     "print_summary",
     "resolve_handle",
     "serve_in_fresh_process",

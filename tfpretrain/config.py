@@ -79,6 +79,11 @@ class RuntimeConfig:
     tpu: str = _help("TPU address for strategy=tpu ('' = discover)", "")
     deterministic: bool = _help("deterministic TensorFlow ops: same seed, bit-identical run on CPU "
                                 "(on GPU slower, and a few ops refuse)", True)
+    precision: str = _help("float32 | mixed_bfloat16 | mixed_float16 (float16 scales the loss); a "
+                           "restored SavedModel encoder keeps its traced dtype (the log says which)", "float32")
+    jit_compile: bool = _help("compile each training step's forward and backward pass with XLA "
+                              "(once per batch shape)", False)
+    steps_per_execution: int = _help("training steps per tf.function call (less per-step overhead)", 1)
 
 
 @dataclasses.dataclass

@@ -7,9 +7,11 @@ cluster of two or more tasks) > mirrored (two or more GPUs) > one device.
 import json
 import os
 
+import keras
 import tensorflow as tf
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def _tf_config_tasks():
@@ -24,6 +26,22 @@ def _tpu_strategy(address):
     return tf.distribute.TPUStrategy(resolver)
 
 
+def resolve_strategy_name(name="auto", tpu=""):
+    """The strategy ``build_strategy`` builds for ``name``: ``auto`` resolved from the TPU
+    address or ``TPU_NAME``, ``TF_CONFIG`` and the visible GPUs (see the module docstring)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"runtime.strategy must be one of {STRATEGIES}, got {name!r}")
+    if name != "auto":
+        return name
+    if tpu or os.environ.get("TPU_NAME"):
+        return "tpu"
+    if _tf_config_tasks() >= 2:
+        return "multi_worker"
+    if len(tf.config.list_logical_devices("GPU")) >= 2:
+        return "mirrored"
+    return "one_device"
+
+
 def build_strategy(name="auto", tpu=""):
     """Returns a ``tf.distribute.Strategy`` for ``name`` (see module docstring for ``auto``).
 
@@ -32,23 +50,15 @@ def build_strategy(name="auto", tpu=""):
         >>> strategy.num_replicas_in_sync
         1
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"runtime.strategy must be one of {STRATEGIES}, got {name!r}")
-    if name == "auto":
-        if tpu or os.environ.get("TPU_NAME"):
-            name = "tpu"
-        elif _tf_config_tasks() >= 2:
-            name = "multi_worker"
-        elif len(tf.config.list_logical_devices("GPU")) >= 2:
-            name = "mirrored"
-        else:
-            name = "one_device"
+    name = resolve_strategy_name(name, tpu)
     if name == "tpu":
         return _tpu_strategy(tpu or os.environ.get("TPU_NAME", ""))
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # All GPUs; on a CPU-only host split into logical devices (tests, debugging), all CPUs.
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy([d.name for d in gpus or tf.config.list_logical_devices("CPU")])
     gpus = tf.config.list_logical_devices("GPU")
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
 
@@ -73,3 +83,27 @@ def is_chief(strategy):
         resolver.task_type == "worker" and resolver.task_id == 0
         and "chief" not in resolver.cluster_spec().as_dict()
     )
+
+
+def set_precision(policy):
+    """Sets Keras's global dtype policy before a model is built: ``float32``, ``mixed_bfloat16``
+    (TPUs, Ampere+ GPUs, CPUs with AVX512-BF16/AMX) or ``mixed_float16`` (GPUs; the optimizer
+    from ``build_optimizer`` then scales the loss).
+
+    Example:
+        >>> set_precision("float32")
+    """
+    if policy not in PRECISIONS:
+        raise ValueError(f"runtime.precision must be one of {PRECISIONS}, got {policy!r}")
+    keras.mixed_precision.set_global_policy(policy)
+
+
+def describe_precision(model):
+    """One line saying which layers compute in which dtype (a restored SavedModel layer keeps
+    the dtype its graph was traced with, whatever the global policy)."""
+    by_dtype = {}
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        if layer.weights:
+            by_dtype.setdefault(layer.compute_dtype, []).append(layer.name)
+    parts = [f"{dtype}: {', '.join(names)}" for dtype, names in sorted(by_dtype.items())]
+    return f"precision {keras.mixed_precision.global_policy().name} | compute dtypes: " + "; ".join(parts)

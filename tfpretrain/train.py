@@ -8,16 +8,23 @@ run resumes at the batch where it stopped.
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
+
+from tfpretrain.config import save_config
+from tfpretrain.distribute import build_strategy, is_chief, per_replica_batch_size, set_precision
 
 
 class TrainingError(RuntimeError):
@@ -103,6 +110,25 @@ def set_seed(seed, deterministic=True):
         tf.config.experimental.enable_op_determinism()
 
 
+def start_run(cfg):
+    """What every recipe does first; returns the ``tf.distribute`` strategy.
+
+    Builds the strategy before anything else touches TensorFlow (MultiWorkerMirroredStrategy
+    requires it), seeds, sets the precision policy, checks the global batch splits over the
+    replicas, and writes ``config.json`` on the chief.
+
+    Example:
+        >>> strategy = start_run(TextClassifierConfig())  # doctest: +SKIP
+    """
+    strategy = build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
+    set_seed(cfg.train.seed, cfg.runtime.deterministic)
+    set_precision(cfg.runtime.precision)
+    per_replica_batch_size(cfg.train.global_batch_size, strategy)
+    if is_chief(strategy):
+        save_config(cfg, os.path.abspath(cfg.workdir))
+    return strategy
+
+
 def build_optimizer(config, total_steps):
     """AdamW with linear warm-up and decay; no weight decay on biases and LayerNorm.
 
@@ -114,6 +140,9 @@ def build_optimizer(config, total_steps):
     )
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "layer_norm", "LayerNorm"])
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        # float16 gradients underflow without it; the loop unscales, skips non-finite steps.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
 
 
@@ -135,43 +164,59 @@ def classification_loss(labels, logits):
     return per_example, tf.ones_like(per_example)
 
 
-def _make_train_step(model, optimizer, strategy, clip_norm, loss_fn):
+def _make_train_step(model, optimizer, strategy, clip_norm, loss_fn, jit_compile=False):
+    """Returns ``train_steps(iterator, steps) -> losses``: up to ``steps`` optimizer steps in one
+    ``tf.function`` call (fewer when the iterator runs out), one global-batch loss per step."""
     with strategy.scope():
         # Slots made lazily inside the first distributed step break MirroredStrategy.
         optimizer.build(model.trainable_variables)
+    variables = model.trainable_variables
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
-    def replica_step(inputs, labels):
+    def local_gradients(inputs, labels):
+        # No collectives here, so XLA can compile it (per input shape).
         with tf.GradientTape() as tape:
             losses, weights = loss_fn(labels, model(inputs, training=True))
-            # The weighted mean over the global batch (weights summed over replicas), so partial
-            # batches and uneven masked-token counts are exact.
-            context = tf.distribute.get_replica_context()
-            total_weight = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(weights))
-            loss = tf.reduce_sum(losses * weights) / tf.maximum(total_weight, 1e-9)
-        variables = model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            loss_sum = tf.reduce_sum(losses * weights)
+            scaled = optimizer.scale_loss(loss_sum) if loss_scaled else loss_sum
+        return loss_sum, tf.reduce_sum(weights), tape.gradient(scaled, variables)
+
+    if jit_compile:
+        local_gradients = tf.function(local_gradients, jit_compile=True, reduce_retracing=True)
+
+    def replica_step(inputs, labels):
+        loss_sum, weight, grads = local_gradients(inputs, labels)
+        # The weighted mean over the global batch (weights summed over replicas), so partial
+        # batches and uneven masked-token counts are exact.
+        context = tf.distribute.get_replica_context()
+        total_weight = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, weight), 1e-9)
+        # Dense: an embedding gradient lists a row once per occurrence of its token, and Keras's
+        # Adam squares it per listed row (sum of squares, not square of the sum) and all-reduces
+        # it again over replicas (more duplicates): a different step on 1 and on 2 replicas.
+        grads = [tf.convert_to_tensor(g) / total_weight
+                 for g in context.all_reduce(tf.distribute.ReduceOp.SUM, grads)]
         if clip_norm:
-            grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+            # Clipping a loss-scaled gradient at the scaled norm == clipping the true one.
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm * (optimizer.dynamic_scale if loss_scaled else 1.0))
         # Keras sums gradients over replicas again inside apply_gradients; pre-dividing keeps
         # clipping on the true global gradient (Keras would clip each replica's part).
         if context.num_replicas_in_sync > 1:
-            grads = [_scale(g, 1.0 / context.num_replicas_in_sync) for g in grads]
+            grads = [g / context.num_replicas_in_sync for g in grads]
         optimizer.apply_gradients(zip(grads, variables))
-        return loss
+        return loss_sum / total_weight
 
     @tf.function(reduce_retracing=True)
-    def train_step(batch):
-        losses = strategy.run(replica_step, args=batch)
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+    def train_steps(iterator, steps):
+        losses = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
+        for i in tf.range(steps):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            per_replica = strategy.run(replica_step, args=batch.get_value())
+            losses = losses.write(i, strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+        return losses.stack()
 
-    return train_step
-
-
-def _scale(gradient, factor):
-    if isinstance(gradient, tf.IndexedSlices):  # embedding gradients stay sparse
-        return tf.IndexedSlices(gradient.values * factor, gradient.indices, gradient.dense_shape)
-    return gradient * factor
+    return train_steps
 
 
 def _progress(step, total, loss, started, first_step, epoch):
@@ -192,7 +237,7 @@ def _progress(step, total, loss, started, first_step, epoch):
 
 
 def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workdir,
-        evaluate=None, write_checkpoints=True, loss_fn=classification_loss):
+        evaluate=None, loss_fn=classification_loss, steps_per_execution=1, jit_compile=False):
     """Trains ``model`` with a custom loop; resumes from ``workdir/checkpoints`` when present.
 
     Args:
@@ -201,18 +246,39 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
             global batches, in an order that depends only on the epoch.
         steps_per_epoch: batches per epoch (for the schedule, progress and ETA).
         config: a ``TrainConfig``.
+        strategy: any ``tf.distribute`` strategy. Under multi-worker training every worker calls
+            ``fit`` with the same ``workdir`` (a shared file system): all restore from it, only
+            the chief writes to it (checkpoints, logs, best weights); the others write to a
+            temporary directory that is deleted at the end, as TensorFlow documents.
         evaluate: ``f(model) -> {metric: value}`` on the validation split, or ``None``; only
             its scalar values are logged and kept.
-        write_checkpoints: False on non-chief workers (they write to a temporary directory).
         loss_fn: ``f(labels, outputs) -> (losses, weights)``, same-shaped float32 tensors; the
             step minimises ``sum(losses * weights) / sum(weights)`` over the global batch
             (default: ``classification_loss``; masked LM: ``pretrain.mlm.masked_lm_loss``).
+        steps_per_execution: optimizer steps per ``tf.function`` call (less Python overhead per
+            step; progress, evaluation and checkpoints still happen at their exact steps).
+        jit_compile: compile each replica's forward and backward pass with XLA (once per
+            distinct batch shape).
 
     Returns:
         A ``TrainState``; the model holds the best weights by ``config.best_metric`` when
         ``evaluate`` is given, else the last ones.
     """
+    if steps_per_execution < 1:
+        raise ValueError(f"runtime.steps_per_execution must be >= 1, got {steps_per_execution}")
     total = config.max_steps or config.epochs * steps_per_epoch
+    chief = is_chief(strategy)
+    outdir = workdir if chief else tempfile.mkdtemp(prefix="tfpretrain-worker-")
+    try:
+        return _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workdir, outdir,
+                    evaluate, loss_fn, steps_per_execution, jit_compile, total)
+    finally:
+        if not chief:
+            shutil.rmtree(outdir, ignore_errors=True)
+
+
+def _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workdir, outdir,
+         evaluate, loss_fn, steps_per_execution, jit_compile, total):
     with strategy.scope():
         counters = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
                     for name in ("step", "epoch", "batch_in_epoch", "evals_without_improvement")}
@@ -222,19 +288,21 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
     random_state = [v.value for v in model.variables if v.path.endswith("seed_generator_state")]
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best_value=best_value,
                                      random_state=random_state, **counters)
-    directory = os.path.join(workdir, "checkpoints")
-    manager = tf.train.CheckpointManager(checkpoint, directory, max_to_keep=2, step_counter=counters["step"])
+    # Every worker restores the chief's checkpoints; each writes to its own directory.
+    restored = _restore(checkpoint, tf.train.CheckpointManager(
+        checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=2))
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(outdir, "checkpoints"), max_to_keep=2,
+                                         step_counter=counters["step"])
     best_checkpoint = tf.train.Checkpoint(model=model)
-    best_path = os.path.join(workdir, "best", "model")
+    best_path = os.path.join(outdir, "best", "model")
     history = _load_history(workdir)
-    restored = _restore(checkpoint, manager)
     if restored:
-        print(f"Resuming from {restored} (step {int(counters['step'])}, epoch "
-              f"{int(counters['epoch']) + 1}, batch {int(counters['batch_in_epoch'])})", flush=True)
-    train_step = _make_train_step(model, optimizer, strategy, config.clip_norm, loss_fn)
-    step, started, first_step = int(counters["step"]), time.time(), int(counters["step"])
-    writer = tf.summary.create_file_writer(os.path.join(workdir, "logs", "train"))
-    eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "logs", "validation"))
+        print(f"Resuming from {restored} (step {int(counters['step'].numpy())}, epoch "
+              f"{int(counters['epoch'].numpy()) + 1}, batch {int(counters['batch_in_epoch'].numpy())})", flush=True)
+    train_steps = _make_train_step(model, optimizer, strategy, config.clip_norm, loss_fn, jit_compile)
+    step, started, first_step = int(counters["step"].numpy()), time.time(), int(counters["step"].numpy())
+    writer = tf.summary.create_file_writer(os.path.join(outdir, "logs", "train"))
+    eval_writer = tf.summary.create_file_writer(os.path.join(outdir, "logs", "validation"))
     stopped_early = False
 
     def run_evaluation():
@@ -244,41 +312,51 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
         record = {"step": step, "epoch": round(step / steps_per_epoch, 2), **metrics}
         # A run killed after an evaluation but before its checkpoint evaluates that step again.
         history[:] = [r for r in history if r["step"] != step] + [record]
-        _log_eval(workdir, record, eval_writer)
+        _log_eval(outdir, record, eval_writer)
         value = metrics[config.best_metric]
-        if value > float(best_value):
+        if value > float(best_value.numpy()):
             best_value.assign(value)
             counters["evals_without_improvement"].assign(0)
-            if write_checkpoints:
-                best_checkpoint.write(best_path)
+            best_checkpoint.write(best_path)
         else:
             counters["evals_without_improvement"].assign_add(1)
             patience = config.early_stopping_patience
-            stopped_early = bool(patience and int(counters["evals_without_improvement"]) >= patience)
+            stopped_early = bool(patience and int(counters["evals_without_improvement"].numpy()) >= patience)
 
-    def save():  # once per step
-        if write_checkpoints and not (manager.latest_checkpoint or "").endswith(f"-{step}"):
+    def save():  # at most once per step
+        if not (manager.latest_checkpoint or "").endswith(f"-{step}"):
             manager.save(checkpoint_number=step)
+
+    def steps_to_next_event():
+        # A call ends where an evaluation, a checkpoint or the end falls, so they keep their steps.
+        gaps = [steps_per_execution, total - step, config.checkpoint_every - step % config.checkpoint_every]
+        if evaluate and config.eval_every:
+            gaps.append(config.eval_every - step % config.eval_every)
+        return max(1, min(gaps))
 
     with _SigtermFlag() as sigterm:
         while step < total and not stopped_early:
-            epoch = int(counters["epoch"])
-            batches = strategy.experimental_distribute_dataset(
-                make_batches(epoch, int(counters["batch_in_epoch"])))
-            for batch in batches:
-                loss = float(train_step(batch))
-                if not math.isfinite(loss):
-                    raise TrainingError(
-                        f"loss became {loss} at step {step + 1}; stopped. The last good checkpoint is "
-                        f"{manager.latest_checkpoint or 'none (no checkpoint yet)'}; lower "
-                        "train.learning_rate or check the data")
-                step += 1
+            epoch = int(counters["epoch"].numpy())
+            iterator = iter(strategy.experimental_distribute_dataset(
+                make_batches(epoch, int(counters["batch_in_epoch"].numpy()))))
+            while True:
+                losses = _run_steps(train_steps, iterator, steps_to_next_event(), step, manager)
+                for loss in losses:
+                    step += 1
+                    if not math.isfinite(loss):
+                        raise TrainingError(
+                            f"loss became {loss} at step {step}; stopped. The last good checkpoint is "
+                            f"{manager.latest_checkpoint or 'none (no checkpoint yet)'}; lower "
+                            "train.learning_rate or check the data")
+                    with writer.as_default(step=step):
+                        tf.summary.scalar("loss", loss)
+                if not len(losses):
+                    break  # the epoch's batches are used up
                 counters["step"].assign(step)
-                counters["batch_in_epoch"].assign_add(1)
+                counters["batch_in_epoch"].assign_add(len(losses))
                 with writer.as_default(step=step):
-                    tf.summary.scalar("loss", loss)
                     tf.summary.scalar("learning_rate", optimizer.learning_rate)
-                _progress(step, total, loss, started, first_step, epoch)
+                _progress(step, total, float(losses[-1]), started, first_step, epoch)
                 if evaluate and config.eval_every and step % config.eval_every == 0:
                     print(flush=True)
                     run_evaluation()
@@ -290,23 +368,58 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
                                     "the same command again to resume")
                 if step >= total or stopped_early:
                     break
-            else:
+            if not len(losses):
                 counters["epoch"].assign_add(1)
                 counters["batch_in_epoch"].assign(0)
                 print(flush=True)
                 if evaluate and not config.eval_every:
                     run_evaluation()
-            if write_checkpoints:  # also at an epoch end: it records the next epoch's position
-                manager.save(checkpoint_number=step)
+            save()  # also at an epoch end: it records the next epoch's position
     print(flush=True)
     if evaluate and (not history or history[-1]["step"] != step):
         run_evaluation()  # max_steps ended mid-epoch: the best pick needs the final weights too
     best = {}
     if evaluate and history:
         best = max(history, key=lambda r: r[config.best_metric])
-        if tf.io.gfile.exists(best_path + ".index"):
-            best_checkpoint.read(best_path).expect_partial()
+        # A resumed non-chief worker may not have evaluated the best step itself: the chief has.
+        for path in (best_path, os.path.join(workdir, "best", "model")):
+            if tf.io.gfile.exists(path + ".index"):
+                best_checkpoint.read(path).expect_partial()
+                break
+    _report_worker_weights(model, strategy)
     return TrainState(step, history, best, stopped_early, time.time() - started)
+
+
+# What a collective raises on the survivors when another worker dies or cannot be reached.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                tf.errors.AbortedError, tf.errors.InternalError)
+
+
+def _run_steps(train_steps, iterator, steps, step, manager):
+    try:
+        return train_steps(iterator, tf.constant(steps)).numpy()
+    except _PEER_ERRORS as error:
+        # The useful line of a graph error is the op's message, not the trace before it.
+        lines = [line.strip() for line in str(error).splitlines()
+                 if line.strip() and not line.startswith(("Graph execution error", "Detected at node", " "))]
+        reason = (lines[-1] if lines else "")[:300]
+        raise TrainingError(
+            f"lost another worker during step {step + 1} ({type(error).__name__}: {reason}); "
+            f"the last checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}. Restart "
+            "every worker with the same command to resume from it") from None
+
+
+def _report_worker_weights(model, strategy):
+    """Multi-worker runs print a digest of the final weights on each worker: equal digests mean
+    the workers stayed in sync bit for bit."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(np.asarray(variable.numpy()).tobytes())
+    print(f"worker {resolver.task_type}:{resolver.task_id}: final weights sha256 {digest.hexdigest()[:16]}",
+          flush=True)
 
 
 def _history_path(workdir):

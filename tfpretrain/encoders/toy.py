@@ -15,7 +15,7 @@ TOY_WORDS = (
 ).split()
 
 
-def export_toy_bert(directory, words=TOY_WORDS, num_layers=2, hidden_dim=16, seed=0):
+def export_toy_bert(directory, words=TOY_WORDS, num_layers=2, hidden_dim=16, seed=0, dropout=0.1):
     """Writes ``<directory>/encoder`` and ``<directory>/preprocessor``; returns both paths.
 
     Example:
@@ -36,7 +36,7 @@ def export_toy_bert(directory, words=TOY_WORDS, num_layers=2, hidden_dim=16, see
     keras.utils.set_random_seed(seed)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=len(vocab), num_layers=num_layers, num_heads=2, hidden_dim=hidden_dim,
-        intermediate_dim=2 * hidden_dim, max_sequence_length=64, dropout=0.1,
+        intermediate_dim=2 * hidden_dim, max_sequence_length=64, dropout=dropout,
     )
     encoder = os.path.join(directory, "encoder")
     preprocessor = os.path.join(directory, "preprocessor")

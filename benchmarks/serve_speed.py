@@ -1,0 +1,138 @@
+"""Serving speed on raw strings: tfpretrain's exported SavedModel vs Hugging Face's pipeline.
+
+Same checkpoint (the minilm_l6 preset, all-MiniLM-L6-v2) with a 2-class head (untrained: speed
+only) on both sides, SST-2 dev sentences (872):
+
+- tfpretrain: ``tp.export_text_classifier`` (tokenisation inside the graph; each request computed
+  up to its longest text), loaded with ``tf.saved_model.load(dir).signatures["serving_default"]``;
+- hf_pipeline: ``pipeline("text-classification")`` in benchmarks/.hf-venv (a subprocess).
+
+Batch-1 latency: p50/p99 over --single sentences, one request each, after --warmup requests.
+Batch-64 throughput: examples/s over the whole dev set in batches of --batch-size (after one
+warm-up batch).
+
+    python benchmarks/serve_speed.py
+    python benchmarks/serve_speed.py --export runs/bert_text_classifier/export --single 100
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+
+SIDES = ("tfpretrain", "hf_pipeline")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=common.DEFAULT_DATA,
+                        help="folder with SST-2 dev.tsv (default: %(default)s)")
+    parser.add_argument("--export", default="", help="an existing export of tp.export_text_classifier "
+                        "(default: build and export a minilm_l6 classifier in a temporary folder)")
+    parser.add_argument("--seq-length", type=int, default=0,
+                        help="most tokens per text (default: the preset's, 256; ignored with --export)")
+    parser.add_argument("--single", type=int, default=300, help="batch-1 requests timed (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=20, help="batch-1 warm-up requests (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="throughput batch size (default: %(default)s)")
+    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated, of " + ", ".join(SIDES))
+    parser.add_argument("--output", default=os.path.join(common.BENCH_DIR, "results", "serve_speed.json"),
+                        help="JSON results file (default: %(default)s)")
+    args = parser.parse_args(argv)
+    args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if set(args.sides) - set(SIDES) or not args.sides:
+        parser.error(f"--sides: choose from {', '.join(SIDES)}")
+    if args.export and not os.path.isfile(os.path.join(args.export, "saved_model.pb")):
+        parser.error(f"--export {args.export}: no saved_model.pb there")
+    return args
+
+
+def export_classifier(path, seq_length):
+    import tfpretrain as tp
+
+    encoder = tp.load_encoder(common.PRESET, trainable=False, seq_length=seq_length or None)
+    model = tp.build_bert_classifier(encoder.layer, 2, encoder.pooling, seed=0)
+    common.log(f"exporting a {common.PRESET} classifier ({encoder.seq_length} tokens) to {path} ...")
+    tp.export_text_classifier(model, ["negative", "positive"], path, encoder.preprocessor, encoder.seq_length)
+    return encoder.seq_length
+
+
+def time_tfpretrain(path, single, texts, args):
+    import tensorflow as tf
+    import tensorflow_text  # noqa: F401  (the export's tokeniser ops)
+
+    serve = tf.saved_model.load(path).signatures["serving_default"]
+    for text in single[:args.warmup]:
+        serve(text=tf.constant([text]))["probabilities"].numpy()
+    latencies = []
+    for text in single:
+        start = time.perf_counter()
+        serve(text=tf.constant([text]))["probabilities"].numpy()
+        latencies.append(time.perf_counter() - start)
+    batches = [texts[i:i + args.batch_size] for i in range(0, len(texts), args.batch_size)]
+    serve(text=tf.constant(batches[0]))["probabilities"].numpy()  # warm-up
+    start = time.perf_counter()
+    for batch in batches:
+        serve(text=tf.constant(batch))["probabilities"].numpy()
+    seconds = time.perf_counter() - start
+    latencies = np.asarray(latencies) * 1000
+    return {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
+            "batch_seconds": seconds, "batch_examples_per_s": len(texts) / seconds}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    texts, _ = common.read_tsv(args.data, "dev")
+    single = texts[:args.single]
+    model_dir = common.hf_model_dir() if "hf_pipeline" in args.sides else None
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        seq_length = args.seq_length or 256
+        if "tfpretrain" in args.sides:
+            path = args.export
+            if not path:
+                path = os.path.join(scratch, "export")
+                seq_length = export_classifier(path, args.seq_length)
+            common.log(f"tfpretrain: {len(single)} single requests, then {len(texts)} texts in batches of "
+                       f"{args.batch_size} ...")
+            results["tfpretrain"] = {**time_tfpretrain(path, single, texts, args),
+                                     "export": args.export or "(temporary)"}
+        if "hf_pipeline" in args.sides:
+            common.log(f"hf_pipeline: {len(single)} single requests, then {len(texts)} texts in batches of "
+                       f"{args.batch_size} ...")
+            results["hf_pipeline"] = common.run_hf_side("serve", {
+                "model_dir": model_dir, "single": single, "texts": texts, "warmup": args.warmup,
+                "batch_size": args.batch_size, "seq_length": seq_length})
+
+    header = ["side", "batch-1 p50 ms", "batch-1 p99 ms", f"batch-{args.batch_size} examples/s",
+              "p50 vs HF", "throughput vs HF"]
+    hf = results.get("hf_pipeline")
+    rows = []
+    for side, r in results.items():
+        rows.append([side, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['batch_examples_per_s']:.1f}",
+                     f"{r['p50_ms'] / hf['p50_ms']:.2f}x" if hf else "-",
+                     f"{r['batch_examples_per_s'] / hf['batch_examples_per_s']:.2f}x" if hf else "-"])
+    print()
+    print(f"Serving raw strings, SST-2 dev: batch-1 latency over {len(single)} sentences, batch-{args.batch_size} "
+          f"throughput over {len(texts)}; p50 vs HF = TF p50 / HF p50 (lower is better), throughput vs HF = "
+          f"TF / HF (higher is better)")
+    print(common.markdown_table(header, rows))
+    print()
+    common.write_json(args.output, {
+        "benchmark": "serve_speed", "checkpoint": common.PRESET, "settings": {
+            "single": len(single), "warmup": args.warmup, "batch_size": args.batch_size, "texts": len(texts),
+            "seq_length": seq_length, "data": os.path.abspath(args.data)},
+        "machine": {**common.machine_info(), **({k: hf[k] for k in ("torch", "transformers", "torch_threads")}
+                                                 if hf else {})},
+        "results": results})
+    return results
+
+
+if __name__ == "__main__":
+    main()

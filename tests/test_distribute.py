@@ -102,6 +102,7 @@ def test_mirrored_on_two_cpus_matches_one_device(toy_bert_no_dropout, toy_csv, t
     assert _max_difference(_checkpoint(one), _checkpoint(two)) <= 1e-5
 
 
+@pytest.mark.slow  # about a minute: separate processes, a cluster, XLA compiles
 def test_multi_worker_cluster_matches_single_process(toy_bert_no_dropout, toy_csv, tmp_path):
     single, cluster = str(tmp_path / "single"), str(tmp_path / "cluster")
     result = run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, single, "--runtime.strategy=one_device")))
@@ -116,6 +117,7 @@ def test_multi_worker_cluster_matches_single_process(toy_bert_no_dropout, toy_cs
     assert sorted(os.listdir(cluster)) == sorted(os.listdir(single))
 
 
+@pytest.mark.slow  # about a minute: separate processes, a cluster, XLA compiles
 def test_killed_worker_stops_the_cluster_with_an_error_and_rerun_resumes(toy_bert_no_dropout, toy_csv, tmp_path):
     workdir = str(tmp_path / "cluster")
     args = _args(toy_bert_no_dropout, toy_csv, workdir, "--train.max_steps=80", "--train.checkpoint_every=5")
@@ -199,6 +201,7 @@ def test_steps_per_execution_gives_the_same_run(toy_bert_no_dropout, toy_csv, tm
     assert sorted(os.listdir(os.path.join(three, "checkpoints")))[-1] == "ckpt-9.index"
 
 
+@pytest.mark.slow  # about a minute: separate processes, a cluster, XLA compiles
 def test_jit_compile_trains_like_the_graph_step(toy_bert_no_dropout, toy_csv, tmp_path):
     plain, jit = str(tmp_path / "plain"), str(tmp_path / "jit")
     _train_log(run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, plain, "--runtime.strategy=one_device"))))
@@ -208,7 +211,7 @@ def test_jit_compile_trains_like_the_graph_step(toy_bert_no_dropout, toy_csv, tm
     assert 0.0 < difference <= 1e-3  # XLA fuses differently: close, not bit-equal
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", pytest.param("mixed_float16", marks=pytest.mark.slow)])
 def test_mixed_precision_trains_and_says_what_runs_in_which_dtype(policy, toy_bert, toy_csv, tmp_path):
     workdir = str(tmp_path / policy)
     log = _train_log(run_python(toy_recipe_args(toy_bert, toy_csv, workdir, f"--runtime.precision={policy}")))

@@ -9,93 +9,22 @@ run resumes at the batch where it stopped.
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpretrain.checkpoints import (Preempted, SigtermFlag, TrainingError, load_history, log_evaluation,
+                                    restore_newest)
 from tfpretrain.config import save_config
 from tfpretrain.distribute import build_strategy, is_chief, per_replica_batch_size, set_precision
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a NaN or infinite loss, no readable checkpoint); the message says
-    which step or file and what to do."""
-
-
-class Preempted(RuntimeError):
-    """SIGTERM arrived (a scheduler preempting the job): a checkpoint was saved, rerun to resume.
-
-    Command-line entry points exit with ``exit_code`` (143 = 128 + SIGTERM, what schedulers expect).
-    """
-
-    exit_code = 143
-
-
-class _SigtermFlag:
-    """Records SIGTERM instead of dying, so the loop can finish its step and checkpoint."""
-
-    def __init__(self):
-        self.raised = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.raised = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _restore(checkpoint, manager):
-    """Restores the newest readable checkpoint; returns its path (None: none to restore).
-
-    A truncated or corrupt newest checkpoint (a crash mid-write, a bad disk) falls back to the
-    one before it with a warning; when none can be read the run stops instead of silently
-    starting again from scratch.
-    """
-    for path in reversed(manager.checkpoints):
-        try:
-            checkpoint.restore(path).expect_partial()
-            return path
-        except Exception as error:  # noqa: BLE001  (a bad file fails in many ways: DataLoss, IndexError, ...)
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            print(f"warning: checkpoint {path} is unreadable ({first}); trying an older one",
-                  file=sys.stderr, flush=True)
-    if manager.checkpoints:
-        raise TrainingError(f"no readable checkpoint in {manager.directory}; delete that directory "
-                            "to start the run over")
-    return None
-
-
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to ``peak`` over ``warmup_steps``, then linear decay to 0."""
-
-    def __init__(self, peak, total_steps, warmup_steps):
-        self.peak, self.total_steps, self.warmup_steps = peak, total_steps, warmup_steps
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        warmup = step / max(self.warmup_steps, 1)
-        decay = (self.total_steps - step) / max(self.total_steps - self.warmup_steps, 1)
-        return self.peak * tf.maximum(0.0, tf.minimum(warmup, decay))
-
-    def get_config(self):
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps}
+from tfpretrain.optimizers import WarmupLinearDecay, build_optimizer  # noqa: F401  (public via train)
 
 
 def set_seed(seed, deterministic=True):
@@ -127,23 +56,6 @@ def start_run(cfg):
     if is_chief(strategy):
         save_config(cfg, os.path.abspath(cfg.workdir))
     return strategy
-
-
-def build_optimizer(config, total_steps):
-    """AdamW with linear warm-up and decay; no weight decay on biases and LayerNorm.
-
-    Example:
-        >>> optimizer = build_optimizer(TrainConfig(), total_steps=1000)  # doctest: +SKIP
-    """
-    schedule = WarmupLinearDecay(
-        config.learning_rate, total_steps, int(config.warmup_fraction * total_steps)
-    )
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
-    optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "layer_norm", "LayerNorm"])
-    if keras.mixed_precision.global_policy().name == "mixed_float16":
-        # float16 gradients underflow without it; the loop unscales, skips non-finite steps.
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    return optimizer
 
 
 @dataclasses.dataclass
@@ -186,6 +98,8 @@ def _make_train_step(model, optimizer, strategy, clip_norm, loss_fn, jit_compile
 
     def replica_step(inputs, labels):
         loss_sum, weight, grads = local_gradients(inputs, labels)
+        # A variable the loss does not reach (e.g. an unused pooler) has no gradient.
+        grads, used = zip(*[(g, v) for g, v in zip(grads, variables) if g is not None])
         # The weighted mean over the global batch (weights summed over replicas), so partial
         # batches and uneven masked-token counts are exact.
         context = tf.distribute.get_replica_context()
@@ -202,7 +116,7 @@ def _make_train_step(model, optimizer, strategy, clip_norm, loss_fn, jit_compile
         # clipping on the true global gradient (Keras would clip each replica's part).
         if context.num_replicas_in_sync > 1:
             grads = [g / context.num_replicas_in_sync for g in grads]
-        optimizer.apply_gradients(zip(grads, variables))
+        optimizer.apply_gradients(zip(grads, used))
         return loss_sum / total_weight
 
     @tf.function(reduce_retracing=True)
@@ -289,13 +203,13 @@ def _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, work
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best_value=best_value,
                                      random_state=random_state, **counters)
     # Every worker restores the chief's checkpoints; each writes to its own directory.
-    restored = _restore(checkpoint, tf.train.CheckpointManager(
+    restored = restore_newest(checkpoint, tf.train.CheckpointManager(
         checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=2))
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(outdir, "checkpoints"), max_to_keep=2,
                                          step_counter=counters["step"])
     best_checkpoint = tf.train.Checkpoint(model=model)
     best_path = os.path.join(outdir, "best", "model")
-    history = _load_history(workdir)
+    history = load_history(workdir)
     if restored:
         print(f"Resuming from {restored} (step {int(counters['step'].numpy())}, epoch "
               f"{int(counters['epoch'].numpy()) + 1}, batch {int(counters['batch_in_epoch'].numpy())})", flush=True)
@@ -312,7 +226,7 @@ def _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, work
         record = {"step": step, "epoch": round(step / steps_per_epoch, 2), **metrics}
         # A run killed after an evaluation but before its checkpoint evaluates that step again.
         history[:] = [r for r in history if r["step"] != step] + [record]
-        _log_eval(outdir, record, eval_writer)
+        log_evaluation(outdir, record, eval_writer)
         value = metrics[config.best_metric]
         if value > float(best_value.numpy()):
             best_value.assign(value)
@@ -334,7 +248,7 @@ def _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, work
             gaps.append(config.eval_every - step % config.eval_every)
         return max(1, min(gaps))
 
-    with _SigtermFlag() as sigterm:
+    with SigtermFlag() as sigterm:
         while step < total and not stopped_early:
             epoch = int(counters["epoch"].numpy())
             iterator = iter(strategy.experimental_distribute_dataset(
@@ -420,28 +334,3 @@ def _report_worker_weights(model, strategy):
         digest.update(np.asarray(variable.numpy()).tobytes())
     print(f"worker {resolver.task_type}:{resolver.task_id}: final weights sha256 {digest.hexdigest()[:16]}",
           flush=True)
-
-
-def _history_path(workdir):
-    return os.path.join(workdir, "logs", "eval_history.jsonl")
-
-
-def _load_history(workdir):
-    path = _history_path(workdir)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return list({record["step"]: record for record in records}.values())
-
-
-def _log_eval(workdir, record, writer):
-    printable = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-    print(f"  validation: {printable}", flush=True)
-    os.makedirs(os.path.dirname(_history_path(workdir)), exist_ok=True)
-    with open(_history_path(workdir), "a") as f:
-        f.write(json.dumps(record) + "\n")
-    with writer.as_default(step=record["step"]):
-        for key, value in record.items():
-            if isinstance(value, float):
-                tf.summary.scalar(key, value)

@@ -1,0 +1,90 @@
+"""What makes a run restartable: its errors, SIGTERM handling, checkpoint restore with fallback,
+and the evaluation history kept beside the checkpoints."""
+
+import json
+import os
+import signal
+import sys
+import threading
+
+import tensorflow as tf
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a NaN or infinite loss, no readable checkpoint); the message says
+    which step or file and what to do."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived (a scheduler preempting the job): a checkpoint was saved, rerun to resume.
+
+    Command-line entry points exit with ``exit_code`` (143 = 128 + SIGTERM, what schedulers expect).
+    """
+
+    exit_code = 143
+
+
+class SigtermFlag:
+    """Records SIGTERM instead of dying, so the loop can finish its step and checkpoint."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def restore_newest(checkpoint, manager):
+    """Restores the newest readable checkpoint; returns its path (None: none to restore).
+
+    A truncated or corrupt newest checkpoint (a crash mid-write, a bad disk) falls back to the
+    one before it with a warning; when none can be read the run stops instead of silently
+    starting again from scratch.
+    """
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.restore(path).expect_partial()
+            return path
+        except Exception as error:  # noqa: BLE001  (a bad file fails in many ways: DataLoss, IndexError, ...)
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(f"warning: checkpoint {path} is unreadable ({first}); trying an older one",
+                  file=sys.stderr, flush=True)
+    if manager.checkpoints:
+        raise TrainingError(f"no readable checkpoint in {manager.directory}; delete that directory "
+                            "to start the run over")
+    return None
+
+
+def history_path(workdir):
+    return os.path.join(workdir, "logs", "eval_history.jsonl")
+
+
+def load_history(workdir):
+    path = history_path(workdir)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return list({record["step"]: record for record in records}.values())
+
+
+def log_evaluation(workdir, record, writer):
+    printable = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+    print(f"  validation: {printable}", flush=True)
+    os.makedirs(os.path.dirname(history_path(workdir)), exist_ok=True)
+    with open(history_path(workdir), "a") as f:
+        f.write(json.dumps(record) + "\n")
+    with writer.as_default(step=record["step"]):
+        for key, value in record.items():
+            if isinstance(value, float):
+                tf.summary.scalar(key, value)

@@ -21,7 +21,7 @@ from tfpretrain import cli, config as config_lib, files, tflite as tflite_lib, z
 
 def main(cfg):
     workdir = os.path.abspath(cfg.workdir)
-    strategy = tp.start_run(cfg)
+    strategy = tp.start_run(cfg, multi_worker=True)
     datasets, label_names = tp.make_text_datasets(cfg.data)
     with strategy.scope():
         encoder = tp.load_encoder(cfg.model.encoder, cfg.model.preprocessor, cfg.model.trainable,

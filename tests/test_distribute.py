@@ -69,12 +69,12 @@ def _free_ports(count):
     return ports
 
 
-def _start_worker(index, ports, args, log):
+def _start_worker(index, ports, args, log, recipe="recipes.bert_text_classifier"):
     tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]},
                  "task": {"type": "worker", "index": index}}
     env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, *_recipe(args), "--runtime.strategy=multi_worker"], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", recipe, *args, "--runtime.strategy=multi_worker"], cwd=ROOT,
                             env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
@@ -180,6 +180,18 @@ def test_global_batch_splits_evenly_over_replicas():
     assert per_replica_batch_size(32, TwoReplicas()) == 16
     with pytest.raises(ValueError, match="does not split evenly over 2 replicas"):
         per_replica_batch_size(33, TwoReplicas())
+
+
+@pytest.mark.slow  # a 2-process cluster
+def test_recipes_without_chief_only_writes_refuse_a_cluster(tmp_path):
+    ports = _free_ports(2)
+    logs = [open(os.path.join(str(tmp_path), f"worker{i}.log"), "w") for i in range(2)]
+    workers = [_start_worker(i, ports, [f"--workdir={tmp_path / 'run'}"], logs[i], "recipes.use_text_classifier")
+               for i in range(2)]
+    assert [w.wait(timeout=120) for w in workers] == [2, 2]
+    log = open(logs[0].name).read()
+    assert "error: this recipe does not support multi-worker training yet (2 workers" in log
+    assert not os.path.exists(tmp_path / "run" / "config.json")
 
 
 def _train_log(result):

@@ -71,3 +71,21 @@ def test_early_stopping_and_best_weights(toy_bert, tmp_path):
     assert state.best["accuracy"] == 0.9 and state.best["step"] == 2
     # The model ends with the weights of the best evaluation, not the last.
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(snapshots[1], model.trainable_weights))
+
+
+def test_fused_adamw_takes_the_same_steps_as_keras_adamw():
+    import keras
+
+    from tfpretrain.optimizers import FusedAdamW
+
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(5, 3)).astype("float32")
+    gradients = [tf.constant(rng.normal(size=(5, 3)).astype("float32") * (step + 1)) for step in range(5)]
+    results = []
+    for optimizer in (keras.optimizers.AdamW(1e-2, weight_decay=0.01), FusedAdamW(1e-2, weight_decay=0.01)):
+        variable = keras.Variable(start)
+        for gradient in gradients:
+            optimizer.apply_gradients([(gradient, variable)])
+        results.append(variable.numpy())
+    assert np.abs(results[0] - results[1]).max() < 1e-6
+    assert np.abs(results[0] - start).max() > 1e-2  # it did move

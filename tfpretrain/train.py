@@ -39,17 +39,24 @@ def set_seed(seed, deterministic=True):
         tf.config.experimental.enable_op_determinism()
 
 
-def start_run(cfg):
+def start_run(cfg, multi_worker=False):
     """What every recipe does first; returns the ``tf.distribute`` strategy.
 
     Builds the strategy before anything else touches TensorFlow (MultiWorkerMirroredStrategy
     requires it), seeds, sets the precision policy, checks the global batch splits over the
-    replicas, and writes ``config.json`` on the chief.
+    replicas, and writes ``config.json`` on the chief. ``multi_worker=True`` says the recipe
+    writes its files on the chief only; other recipes refuse a cluster instead of letting every
+    worker write the same files.
 
     Example:
         >>> strategy = start_run(TextClassifierConfig())  # doctest: +SKIP
     """
     strategy = build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
+    workers = strategy.extended._num_workers if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) else 1
+    if workers > 1 and not multi_worker:
+        raise ValueError(f"this recipe does not support multi-worker training yet ({workers} workers in "
+                         "TF_CONFIG); run it on one host (one_device, mirrored) or use "
+                         "recipes.bert_text_classifier, which does")
     set_seed(cfg.train.seed, cfg.runtime.deterministic)
     set_precision(cfg.runtime.precision)
     per_replica_batch_size(cfg.train.global_batch_size, strategy)

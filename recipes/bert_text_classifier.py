@@ -53,7 +53,8 @@ def main(cfg):
     if "validation" in examples:
         evaluate = lambda m: tp.evaluate_classifier(m, eval_batches("validation"), label_names)  # noqa: E731
     state = tp.fit(model, optimizer, train_batches, steps_per_epoch, cfg.train, strategy, workdir,
-                   evaluate=evaluate, steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
+                   evaluate=evaluate, steps_per_execution=cfg.runtime.steps_per_execution,
+                   jit_compile=cfg.runtime.jit_compile)
     if not tp.is_chief(strategy):
         return  # the chief evaluates, exports and reports
     # metrics.json is a pure function of config and data (bit-identical across reruns and

@@ -69,7 +69,8 @@ def main(cfg):
     evaluate = None
     if "validation" in examples:
         evaluate = lambda m: tp.evaluate_classifier(m, eval_batches("validation"), label_names)  # noqa: E731
-    state = tp.fit(model, optimizer, train_batches, steps_per_epoch, cfg.train, strategy, workdir, evaluate=evaluate,
+    state = tp.fit(model, optimizer, train_batches, steps_per_epoch, cfg.train, strategy, workdir,
+                   evaluate=evaluate,
                    steps_per_execution=cfg.runtime.steps_per_execution, jit_compile=cfg.runtime.jit_compile)
     results = {"steps": state.step, "best_validation": state.best, "validation_history": state.history,
                "label_names": label_names}

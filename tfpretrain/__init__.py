@@ -20,7 +20,8 @@ Public API (see README.md):
 from tfpretrain.config import EmbedConfig, SentenceClassifierConfig, TextClassifierConfig
 from tfpretrain.data.pipeline import count_examples, make_batches, pack_texts, tokenize_texts
 from tfpretrain.data.text import make_text_datasets
-from tfpretrain.distribute import build_strategy, describe_precision, is_chief, per_replica_batch_size, set_precision
+from tfpretrain.distribute import (build_strategy, describe_precision, is_chief, per_replica_batch_size,
+                                   set_precision)
 from tfpretrain.encoders.bert import load_encoder
 from tfpretrain.encoders.image import load_image_encoder
 from tfpretrain.encoders.sentence import embed_texts, load_embeddings, load_sentence_encoder

@@ -52,7 +52,9 @@ def start_run(cfg, multi_worker=False):
         >>> strategy = start_run(TextClassifierConfig())  # doctest: +SKIP
     """
     strategy = build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
-    workers = strategy.extended._num_workers if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) else 1
+    workers = 1
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        workers = strategy.extended._num_workers
     if workers > 1 and not multi_worker:
         raise ValueError(f"this recipe does not support multi-worker training yet ({workers} workers in "
                          "TF_CONFIG); run it on one host (one_device, mirrored) or use "
@@ -118,7 +120,8 @@ def _make_train_step(model, optimizer, strategy, clip_norm, loss_fn, jit_compile
                  for g in context.all_reduce(tf.distribute.ReduceOp.SUM, grads)]
         if clip_norm:
             # Clipping a loss-scaled gradient at the scaled norm == clipping the true one.
-            grads, _ = tf.clip_by_global_norm(grads, clip_norm * (optimizer.dynamic_scale if loss_scaled else 1.0))
+            scale = optimizer.dynamic_scale if loss_scaled else 1.0
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm * scale)
         # Keras sums gradients over replicas again inside apply_gradients; pre-dividing keeps
         # clipping on the true global gradient (Keras would clip each replica's part).
         if context.num_replicas_in_sync > 1:
@@ -219,7 +222,8 @@ def _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, work
     history = load_history(workdir)
     if restored:
         print(f"Resuming from {restored} (step {int(counters['step'].numpy())}, epoch "
-              f"{int(counters['epoch'].numpy()) + 1}, batch {int(counters['batch_in_epoch'].numpy())})", flush=True)
+              f"{int(counters['epoch'].numpy()) + 1}, batch {int(counters['batch_in_epoch'].numpy())})",
+              flush=True)
     train_steps = _make_train_step(model, optimizer, strategy, config.clip_norm, loss_fn, jit_compile)
     step, started, first_step = int(counters["step"].numpy()), time.time(), int(counters["step"].numpy())
     writer = tf.summary.create_file_writer(os.path.join(outdir, "logs", "train"))

@@ -90,6 +90,7 @@ def _digest(log):
     return [line.split("sha256 ")[1] for line in log.splitlines() if "final weights sha256" in line]
 
 
+@pytest.mark.slow  # two recipe runs, one on 2 logical CPUs
 def test_mirrored_on_two_cpus_matches_one_device(toy_bert_no_dropout, toy_csv, tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     result = run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, one, "--runtime.strategy=one_device")))
@@ -223,7 +224,8 @@ def test_jit_compile_trains_like_the_graph_step(toy_bert_no_dropout, toy_csv, tm
     assert 0.0 < difference <= 1e-3  # XLA fuses differently: close, not bit-equal
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", pytest.param("mixed_float16", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a recipe run per policy
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains_and_says_what_runs_in_which_dtype(policy, toy_bert, toy_csv, tmp_path):
     workdir = str(tmp_path / policy)
     log = _train_log(run_python(toy_recipe_args(toy_bert, toy_csv, workdir, f"--runtime.precision={policy}")))

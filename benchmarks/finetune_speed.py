@@ -34,27 +34,27 @@ LEARNING_RATE, WEIGHT_DECAY, WARMUP, CLIP_NORM, SEED = 2e-5, 0.01, 0.1, 1.0, 0
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=common.DEFAULT_DATA,
                         help="folder with SST-2 train.tsv (default: %(default)s)")
     parser.add_argument("--examples", type=int, default=9600,
                         help="random training examples, seed 0 (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per step (default: %(default)s)")
-    parser.add_argument("--seq-length", type=int, default=128, help="most tokens per example (default: %(default)s)")
-    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated, of " + ", ".join(SIDES))
-    parser.add_argument("--output", default=os.path.join(common.BENCH_DIR, "results", "finetune_speed.json"),
-                        help="JSON results file (default: %(default)s)")
-    runtime = parser.add_argument_group("tfpretrain runtime options (forwarded to tfpretrain.fit when it takes them)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="examples per step (default: %(default)s)")
+    parser.add_argument("--seq-length", type=int, default=128,
+                        help="most tokens per example (default: %(default)s)")
+    common.add_output_arguments(parser, SIDES, "finetune_speed")
+    runtime = parser.add_argument_group(
+        "tfpretrain runtime options (forwarded to tfpretrain.fit when it takes them)")
     runtime.add_argument("--steps-per-execution", type=int, default=1)
     runtime.add_argument("--jit-compile", action="store_true")
-    runtime.add_argument("--precision", default="float32", help="tp.set_precision policy (default: %(default)s)")
+    runtime.add_argument("--precision", default="float32",
+                         help="tp.set_precision policy (default: %(default)s)")
     runtime.add_argument("--deterministic", action="store_true",
                          help="deterministic TensorFlow ops (the recipes' default; slower)")
     args = parser.parse_args(argv)
-    args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    unknown = sorted(set(args.sides) - set(SIDES))
-    if unknown or not args.sides:
-        parser.error(f"--sides: unknown {unknown}; choose from {', '.join(SIDES)}")
+    common.parse_sides(parser, args, SIDES)
     if args.examples < args.batch_size:
         parser.error("--examples must be at least --batch-size")
     return args
@@ -62,7 +62,8 @@ def parse_args(argv=None):
 
 def fit_options(fit, args):
     """The runtime keyword arguments ``fit`` takes; an error for a non-default one it does not."""
-    wanted = {"steps_per_execution": (args.steps_per_execution, 1), "jit_compile": (args.jit_compile, False)}
+    wanted = {"steps_per_execution": (args.steps_per_execution, 1),
+              "jit_compile": (args.jit_compile, False)}
     accepted = inspect.signature(fit).parameters
     options = {}
     for name, (value, default) in wanted.items():
@@ -89,19 +90,22 @@ def run_tfpretrain(texts, labels, args):
     # Before the clock: the encoder and the model.
     strategy = tp.build_strategy("auto")
     with strategy.scope():
-        encoder = tp.load_encoder(common.PRESET, trainable=True, seq_length=seq)
+        encoder = tp.load_bert_encoder(common.PRESET, trainable=True, seq_length=seq)
         model = tp.build_bert_classifier(encoder.layer, 2, encoder.pooling, 0.1, seed=SEED)
-    config = TrainConfig(epochs=1, global_batch_size=batch, learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
-                         warmup_fraction=WARMUP, clip_norm=CLIP_NORM, checkpoint_every=10 ** 9, seed=SEED)
+    config = TrainConfig(epochs=1, global_batch_size=batch, learning_rate=LEARNING_RATE,
+                         weight_decay=WEIGHT_DECAY, warmup_fraction=WARMUP, clip_norm=CLIP_NORM,
+                         checkpoint_every=10 ** 9, seed=SEED)
     common.log(f"tfpretrain: training {len(texts)} examples, batch {batch}, {seq} tokens, "
                f"pooling {encoder.pooling}, fit options {options} ...")
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
-        raw = tf.data.Dataset.from_tensor_slices((tf.constant(texts), tf.constant(labels, tf.int32)))
+        raw = tf.data.Dataset.from_tensor_slices((tf.constant(texts),
+                                                  tf.constant(labels, tf.int32)))
         examples = tp.tokenize_texts(raw, encoder.preprocessor, seq, "head").cache()
 
         def train_batches(epoch, skip):
-            return tp.make_batches(examples, batch, seq, shuffle_seed=config.seed + epoch, skip_batches=skip)
+            return tp.make_batches(examples, batch, seq, shuffle_seed=config.seed + epoch,
+                                   skip_batches=skip)
 
         steps = sum(1 for _ in train_batches(0, 0))  # tokenises everything into the cache
         tokenized = time.perf_counter()
@@ -113,8 +117,9 @@ def run_tfpretrain(texts, labels, args):
     # pure function of the seed and the epoch).
     stats = [common.batch_stats(inputs["input_mask"].numpy()) for inputs, _ in train_batches(0, 0)]
     common.log(f"tfpretrain: done in {wall:.1f} s ({len(texts) / wall:.1f} examples/s)")
-    return {"wall_seconds": wall, "tokenize_seconds": tokenized - start, "fit_seconds": state.seconds,
-            "steps": state.step, "batch_stats": stats, "fit_options": options, "precision": args.precision,
+    return {"wall_seconds": wall, "tokenize_seconds": tokenized - start,
+            "fit_seconds": state.seconds, "steps": state.step, "batch_stats": stats,
+            "fit_options": options, "precision": args.precision,
             "deterministic": args.deterministic, "pooling": encoder.pooling}
 
 
@@ -122,7 +127,8 @@ def run_hf(texts, labels, args, model_dir, group_by_length):
     return common.run_hf_side("finetune", {
         "model_dir": model_dir, "texts": texts, "labels": labels, "batch_size": args.batch_size,
         "seq_length": args.seq_length, "learning_rate": LEARNING_RATE, "weight_decay": WEIGHT_DECAY,
-        "warmup_fraction": WARMUP, "clip_norm": CLIP_NORM, "seed": SEED, "group_by_length": group_by_length})
+        "warmup_fraction": WARMUP, "clip_norm": CLIP_NORM, "seed": SEED,
+        "group_by_length": group_by_length})
 
 
 def main(argv=None):
@@ -138,7 +144,8 @@ def main(argv=None):
         hf_info = common.run_hf_side("peak", {})
         peaks["torch_matmul_flops"] = hf_info["torch_matmul_flops"]
     peak = max(peaks.values())
-    common.log("peak fp32 matmul: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
+    common.log("peak fp32 matmul: "
+               + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
 
     results = {}
     for side in args.sides:
@@ -164,21 +171,25 @@ def main(argv=None):
     for side, r in results.items():
         ratio = lambda other: (f"{r['examples_per_s'] / results[other]['examples_per_s']:.2f}x"  # noqa: E731
                                if other in results else "-")
-        rows.append([side, f"{r['examples_per_s']:.1f}", ratio("hf_default"), ratio("hf_group_by_length"),
-                     f"{r['padding_efficiency']:.3f}", f"{100 * r['hardware_flops_fraction']:.1f}%",
+        rows.append([side, f"{r['examples_per_s']:.1f}", ratio("hf_default"),
+                     ratio("hf_group_by_length"), f"{r['padding_efficiency']:.3f}",
+                     f"{100 * r['hardware_flops_fraction']:.1f}%",
                      f"{100 * r['useful_flops_fraction']:.1f}%", f"{r['wall_seconds']:.1f}"])
     print()
-    print(f"SST-2 fine-tuning, {len(texts)} examples, batch {args.batch_size}, {args.seq_length} tokens, fp32, "
-          f"one epoch; peak fp32 matmul {peak / 1e9:.1f} GFLOP/s")
+    print(f"SST-2 fine-tuning, {len(texts)} examples, batch {args.batch_size}, "
+          f"{args.seq_length} tokens, fp32, one epoch; peak fp32 matmul {peak / 1e9:.1f} GFLOP/s")
     print(common.markdown_table(header, rows))
     print()
     common.write_json(args.output, {
-        "benchmark": "finetune_speed", "checkpoint": common.PRESET, "model_dir": model_dir, "model_shape": shape,
-        "settings": {"examples": len(texts), "batch_size": args.batch_size, "seq_length": args.seq_length,
-                     "learning_rate": LEARNING_RATE, "weight_decay": WEIGHT_DECAY, "warmup_fraction": WARMUP,
+        "benchmark": "finetune_speed", "checkpoint": common.PRESET, "model_dir": model_dir,
+        "model_shape": shape,
+        "settings": {"examples": len(texts), "batch_size": args.batch_size,
+                     "seq_length": args.seq_length, "learning_rate": LEARNING_RATE,
+                     "weight_decay": WEIGHT_DECAY, "warmup_fraction": WARMUP,
                      "clip_norm": CLIP_NORM, "seed": SEED, "data": os.path.abspath(args.data)},
         "machine": {**common.machine_info(), "peak_flops": peak, **peaks,
-                    **({k: hf_info[k] for k in ("torch", "transformers", "torch_threads", "torch_interop_threads")}
+                    **({k: hf_info[k] for k in ("torch", "transformers", "torch_threads",
+                                                "torch_interop_threads")}
                        if hf_wanted else {})},
         "results": results})
     return results

@@ -22,7 +22,8 @@ def log(message):
 
 def versions():
     return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads()}
+            "torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads()}
 
 
 def matmul_peak(n=3072, repeats=4):
@@ -41,11 +42,17 @@ def peak(request):
 
 
 def finetune(request):
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              Trainer, TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     torch.manual_seed(request["seed"])
-    model_dir, batch_size, seq_length = request["model_dir"], request["batch_size"], request["seq_length"]
+    model_dir, batch_size, seq_length = (request["model_dir"], request["batch_size"],
+                                         request["seq_length"])
     # Before the clock: model and tokenizer loading, training arguments.
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
@@ -58,7 +65,8 @@ def finetune(request):
     if "warmup_ratio" in fields:
         options["warmup_ratio"] = request["warmup_fraction"]
     else:
-        options["warmup_steps"] = request["warmup_fraction"]  # transformers 5: a float in [0, 1) is a ratio
+        # transformers 5: a float in [0, 1) is a ratio
+        options["warmup_steps"] = request["warmup_fraction"]
     if "eval_strategy" in fields:
         options["eval_strategy"] = "no"
     if request["group_by_length"]:
@@ -83,16 +91,17 @@ def finetune(request):
             f"sampler {'group_by_length' if request['group_by_length'] else 'random'} ...")
         start = time.perf_counter()
         encoded = tokenizer(texts, truncation=True, max_length=seq_length)
-        dataset = [{**{k: v[i] for k, v in encoded.items()}, "labels": labels[i]} for i in range(len(texts))]
+        dataset = [{**{k: v[i] for k, v in encoded.items()}, "labels": labels[i]}
+                   for i in range(len(texts))]
         tokenized = time.perf_counter()
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
                           processing_class=tokenizer)
         output = trainer.train()
         wall = time.perf_counter() - start
     log(f"done in {wall:.1f} s ({len(texts) / wall:.1f} examples/s)")
-    return {"wall_seconds": wall, "tokenize_seconds": tokenized - start, "steps": output.global_step,
-            "train_loss": output.training_loss, "batch_stats": stats, "options": {
-                k: v for k, v in options.items() if k != "report_to"}, **versions()}
+    return {"wall_seconds": wall, "tokenize_seconds": tokenized - start,
+            "steps": output.global_step, "train_loss": output.training_loss, "batch_stats": stats,
+            "options": {k: v for k, v in options.items() if k != "report_to"}, **versions()}
 
 
 def serve(request):
@@ -117,7 +126,8 @@ def serve(request):
     seconds = time.perf_counter() - start
     assert len(out) == len(texts)
     latencies = np.asarray(latencies) * 1000
-    return {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
+    return {"p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99)),
             "batch_seconds": seconds, "batch_examples_per_s": len(texts) / seconds, **versions()}
 
 

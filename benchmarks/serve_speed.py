@@ -31,23 +31,25 @@ SIDES = ("tfpretrain", "hf_pipeline")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=common.DEFAULT_DATA,
                         help="folder with SST-2 dev.tsv (default: %(default)s)")
-    parser.add_argument("--export", default="", help="an existing export of tp.export_text_classifier "
-                        "(default: build and export a minilm_l6 classifier in a temporary folder)")
+    parser.add_argument("--export", default="",
+                        help="an existing export of tp.export_text_classifier (default: build "
+                        "and export a minilm_l6 classifier in a temporary folder)")
     parser.add_argument("--seq-length", type=int, default=0,
-                        help="most tokens per text (default: the preset's, 256; ignored with --export)")
-    parser.add_argument("--single", type=int, default=300, help="batch-1 requests timed (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=20, help="batch-1 warm-up requests (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64, help="throughput batch size (default: %(default)s)")
-    parser.add_argument("--sides", default=",".join(SIDES), help="comma-separated, of " + ", ".join(SIDES))
-    parser.add_argument("--output", default=os.path.join(common.BENCH_DIR, "results", "serve_speed.json"),
-                        help="JSON results file (default: %(default)s)")
+                        help="most tokens per text (default: the preset's, 256; ignored with "
+                        "--export)")
+    parser.add_argument("--single", type=int, default=300,
+                        help="batch-1 requests timed (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=20,
+                        help="batch-1 warm-up requests (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64,
+                        help="throughput batch size (default: %(default)s)")
+    common.add_output_arguments(parser, SIDES, "serve_speed")
     args = parser.parse_args(argv)
-    args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
-    if set(args.sides) - set(SIDES) or not args.sides:
-        parser.error(f"--sides: choose from {', '.join(SIDES)}")
+    common.parse_sides(parser, args, SIDES)
     if args.export and not os.path.isfile(os.path.join(args.export, "saved_model.pb")):
         parser.error(f"--export {args.export}: no saved_model.pb there")
     return args
@@ -56,10 +58,12 @@ def parse_args(argv=None):
 def export_classifier(path, seq_length):
     import tfpretrain as tp
 
-    encoder = tp.load_encoder(common.PRESET, trainable=False, seq_length=seq_length or None)
+    encoder = tp.load_bert_encoder(common.PRESET, trainable=False, seq_length=seq_length or None)
     model = tp.build_bert_classifier(encoder.layer, 2, encoder.pooling, seed=0)
-    common.log(f"exporting a {common.PRESET} classifier ({encoder.seq_length} tokens) to {path} ...")
-    tp.export_text_classifier(model, ["negative", "positive"], path, encoder.preprocessor, encoder.seq_length)
+    common.log(f"exporting a {common.PRESET} classifier ({encoder.seq_length} tokens) to "
+               f"{path} ...")
+    tp.export_text_classifier(model, ["negative", "positive"], path, encoder.preprocessor,
+                              encoder.seq_length)
     return encoder.seq_length
 
 
@@ -82,7 +86,8 @@ def time_tfpretrain(path, single, texts, args):
         serve(text=tf.constant(batch))["probabilities"].numpy()
     seconds = time.perf_counter() - start
     latencies = np.asarray(latencies) * 1000
-    return {"p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
+    return {"p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99)),
             "batch_seconds": seconds, "batch_examples_per_s": len(texts) / seconds}
 
 
@@ -99,13 +104,13 @@ def main(argv=None):
             if not path:
                 path = os.path.join(scratch, "export")
                 seq_length = export_classifier(path, args.seq_length)
-            common.log(f"tfpretrain: {len(single)} single requests, then {len(texts)} texts in batches of "
-                       f"{args.batch_size} ...")
+            common.log(f"tfpretrain: {len(single)} single requests, then {len(texts)} texts in "
+                       f"batches of {args.batch_size} ...")
             results["tfpretrain"] = {**time_tfpretrain(path, single, texts, args),
                                      "export": args.export or "(temporary)"}
         if "hf_pipeline" in args.sides:
-            common.log(f"hf_pipeline: {len(single)} single requests, then {len(texts)} texts in batches of "
-                       f"{args.batch_size} ...")
+            common.log(f"hf_pipeline: {len(single)} single requests, then {len(texts)} texts in "
+                       f"batches of {args.batch_size} ...")
             results["hf_pipeline"] = common.run_hf_side("serve", {
                 "model_dir": model_dir, "single": single, "texts": texts, "warmup": args.warmup,
                 "batch_size": args.batch_size, "seq_length": seq_length})
@@ -115,21 +120,24 @@ def main(argv=None):
     hf = results.get("hf_pipeline")
     rows = []
     for side, r in results.items():
-        rows.append([side, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}", f"{r['batch_examples_per_s']:.1f}",
+        rows.append([side, f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                     f"{r['batch_examples_per_s']:.1f}",
                      f"{r['p50_ms'] / hf['p50_ms']:.2f}x" if hf else "-",
-                     f"{r['batch_examples_per_s'] / hf['batch_examples_per_s']:.2f}x" if hf else "-"])
+                     f"{r['batch_examples_per_s'] / hf['batch_examples_per_s']:.2f}x"
+                     if hf else "-"])
     print()
-    print(f"Serving raw strings, SST-2 dev: batch-1 latency over {len(single)} sentences, batch-{args.batch_size} "
-          f"throughput over {len(texts)}; p50 vs HF = TF p50 / HF p50 (lower is better), throughput vs HF = "
-          f"TF / HF (higher is better)")
+    print(f"Serving raw strings, SST-2 dev: batch-1 latency over {len(single)} sentences, "
+          f"batch-{args.batch_size} throughput over {len(texts)}; p50 vs HF = TF p50 / HF p50 "
+          f"(lower is better), throughput vs HF = TF / HF (higher is better)")
     print(common.markdown_table(header, rows))
     print()
     common.write_json(args.output, {
         "benchmark": "serve_speed", "checkpoint": common.PRESET, "settings": {
-            "single": len(single), "warmup": args.warmup, "batch_size": args.batch_size, "texts": len(texts),
-            "seq_length": seq_length, "data": os.path.abspath(args.data)},
-        "machine": {**common.machine_info(), **({k: hf[k] for k in ("torch", "transformers", "torch_threads")}
-                                                 if hf else {})},
+            "single": len(single), "warmup": args.warmup, "batch_size": args.batch_size,
+            "texts": len(texts), "seq_length": seq_length, "data": os.path.abspath(args.data)},
+        "machine": {**common.machine_info(),
+                    **({k: hf[k] for k in ("torch", "transformers", "torch_threads")}
+                       if hf else {})},
         "results": results})
     return results
 

@@ -1,1 +1,2 @@
-"""Recipes: each wires the tfpretrain API together in one main(); run as python -m recipes.<name>."""
+"""Recipes: each says what is specific to it and hands the rest to ``tfpretrain.Run``; run one as
+``python -m recipes.<name>``."""

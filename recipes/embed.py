@@ -4,19 +4,39 @@ Writes OUTPUT/embeddings.npy (float32 [N, dim], row i = text i), OUTPUT/metadata
 the label when the data has one) and, with --projector=true, the files TensorBoard's embedding
 projector reads (`tensorboard --logdir OUTPUT`).
 
-    python -m recipes.embed                                  # BBC News test split, minilm_l6_sentence
+    python -m recipes.embed                              # BBC News test split, minilm_l6_sentence
     python -m recipes.embed --text_file=notes.txt --output=runs/notes
     python -m recipes.embed --dataset=ag_news_subset --split=test[:1000] --projector=true
 """
 
+import dataclasses
 import os
 import sys
 
 import numpy as np
 
 import tfpretrain as tp
-from tfpretrain import cli, files
-from tfpretrain.config import DataConfig
+
+option = tp.config.option
+
+
+@dataclasses.dataclass
+class EmbedConfig:
+    output: str = option("output directory (embeddings.npy, metadata.tsv)", "runs/embed")
+    encoder: str = option("sentence encoder: preset, local dir, gs:// path or hub URL",
+                          "minilm_l6_sentence")
+    signature: str = option("signature to call instead of __call__ ('' = automatic)", "")
+    output_key: str = option("output to take from a dict-returning model ('' = its only one)", "")
+    text_file: str = option("a text file, one text per line (instead of a dataset)", "")
+    dataset: str = option("TFDS dataset name (when no text_file)", "bbc_news")
+    split: str = option("TFDS split to embed; slicing works (test[:100])", "test")
+    data_dir: str = option("TFDS data directory (default: "
+                           "$TFPRETRAIN_CACHE/tensorflow_datasets)", "")
+    text_key: str = option("text feature ('' = guess)", "")
+    label_key: str = option("label feature, written to metadata.tsv when present", "label")
+    batch_size: int = option("texts per encoder call", 64)
+    projector: bool = option("also write TensorBoard projector files (tensorboard --logdir "
+                             "OUTPUT)", False)
 
 
 def main(cfg):
@@ -28,7 +48,7 @@ def main(cfg):
     rows = [_cell(t) for t in texts]
     if labels is not None:
         rows = ["text\tlabel"] + [f"{r}\t{label_names[y]}" for r, y in zip(rows, labels)]
-    with files.atomic_directory(output) as tmp:
+    with tp.files.atomic_directory(output) as tmp:
         np.save(os.path.join(tmp, "embeddings.npy"), embeddings)
         with open(os.path.join(tmp, "metadata.tsv"), "w", encoding="utf-8") as f:
             f.write("\n".join(rows) + "\n")
@@ -37,8 +57,9 @@ def main(cfg):
             with open(os.path.join(tmp, "projector_config.pbtxt"), "w") as f:
                 f.write('embeddings {\n  tensor_name: "embeddings"\n  tensor_path: "tensors.tsv"\n'
                         '  metadata_path: "metadata.tsv"\n}\n')
-    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {output}/embeddings.npy "
-          f"and metadata.tsv" + (" (+ projector files)" if cfg.projector else ""))
+    print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to "
+          f"{output}/embeddings.npy and metadata.tsv"
+          + (" (+ projector files)" if cfg.projector else ""))
 
 
 def _read(cfg):
@@ -50,8 +71,9 @@ def _read(cfg):
         if not texts:
             raise ValueError(f"--text_file {cfg.text_file} holds no text")
         return [t.encode() for t in texts], None, None
-    data = DataConfig(name=cfg.dataset, data_dir=cfg.data_dir, text_key=cfg.text_key,
-                      label_key=cfg.label_key, train_split=cfg.split, validation_split="", test_split="")
+    data = tp.TextDataConfig(name=cfg.dataset, data_dir=cfg.data_dir, text_key=cfg.text_key,
+                              label_key=cfg.label_key, train_split=cfg.split,
+                              validation_split="", test_split="")
     datasets, label_names = tp.make_text_datasets(data)
     texts, labels = [], []
     for text, label in datasets["train"].as_numpy_iterator():
@@ -67,4 +89,4 @@ def _cell(text):
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, tp.EmbedConfig(), description=__doc__))
+    sys.exit(tp.cli.run(main, EmbedConfig(), description=__doc__))

@@ -19,69 +19,83 @@ import sys
 import tensorflow as tf
 
 import tfpretrain as tp
-from tfpretrain import cli, config as config_lib, files, zoo
+
+option = tp.config.option
+
+
+@dataclasses.dataclass
+class SentenceModelConfig:
+    encoder: str = option("preset name, local dir, gs:// path or tfhub.dev/Kaggle URL of a "
+                          "sentence encoder (strings in, [batch, dim] out)", "minilm_l6_sentence")
+    signature: str = option("call this signature instead of __call__ ('' = __call__ if the model "
+                            "has one, else serving_default)", "")
+    output_key: str = option("output to take when the model returns a dict ('' = its only one)", "")
+    trainable: bool = option("fine-tune the encoder end to end (false: train the head on cached "
+                             "embeddings)", False)
+    hidden_units: str = option("comma-separated hidden layer sizes of the MLP head ('' = linear)",
+                               "256")
+    dropout: float = option("dropout before each head layer", 0.1)
+
+
+@dataclasses.dataclass
+class SentenceTrainConfig(tp.config.HeadFirstTrainConfig):
+    epochs: int = option("passes of end-to-end fine-tuning (model.trainable=true only)", 2)
+    learning_rate: float = option("peak AdamW learning rate of end-to-end fine-tuning", 5e-5)
+
+
+SentenceClassifierConfig = tp.config.recipe_config(
+    "use_text_classifier", data=tp.TextDataConfig, model=SentenceModelConfig,
+    train=SentenceTrainConfig,
+    extra=[("embedding_cache", str, option("cached embeddings of a frozen encoder ('' = "
+                                           "$TFPRETRAIN_CACHE/embeddings)", ""))])
 
 
 def main(cfg):
     if cfg.export.tflite:
-        raise config_lib.ConfigError(
-            "export.tflite is for recipes.bert_text_classifier: a sentence encoder tokenises inside its "
-            "SavedModel with TensorFlow Text ops that TFLite has neither as builtins nor as TF Select ops")
-    workdir = os.path.abspath(cfg.workdir)
+        raise tp.config.ConfigError(
+            "export.tflite is for recipes.bert_text_classifier: a sentence encoder tokenises "
+            "inside its SavedModel with TensorFlow Text ops that TFLite has neither as builtins "
+            "nor as TF Select ops")
     hidden = [int(u) for u in cfg.model.hidden_units.split(",") if u.strip()]
-    strategy = tp.start_run(cfg)
+    run = tp.Run(cfg, "use_text_classifier")
     datasets, label_names = tp.make_text_datasets(cfg.data)
-    with strategy.scope():
+    run.task = tp.SingleLabelClassification(label_names)
+    with run.scope():
         encoder = tp.load_sentence_encoder(cfg.model.encoder, cfg.model.trainable,
                                            cfg.model.signature, cfg.model.output_key)
-        head = tp.build_classification_head(len(label_names), cfg.model.dropout, cfg.train.seed, hidden)
+        head = run.task.build_head(cfg.model.dropout, cfg.train.seed, hidden)
         head.build((None, encoder.dim))
         model = tp.build_sentence_classifier(encoder.layer, head)
     # The head first trains alone on embeddings computed once; fine-tuning then starts from a
     # trained head, not a random one ("linear probing, then fine-tuning", Kumar et al. 2022).
-    cache = cfg.embedding_cache or os.path.join(zoo.cache_dir(), "embeddings")
-    print(f"embeddings of {cfg.model.encoder} (dim {encoder.dim}, fingerprint {encoder.fingerprint}), "
-          f"cache {cache}")
-    cached = {s: tf.data.Dataset.from_tensor_slices(tp.load_embeddings(encoder, d, cache, s)).cache()
-              for s, d in datasets.items()}
-    head_config = dataclasses.replace(cfg.train, epochs=cfg.train.head_epochs,
-                                      learning_rate=cfg.train.head_learning_rate)
-    head_dir = os.path.join(workdir, "head") if cfg.model.trainable else workdir
-    state = _train(head, cached, head_config, strategy, head_dir, label_names, "head on cached embeddings",
-                   cfg.data.shuffle_buffer, cfg.runtime)
-    trained, examples = head, cached
+    cache = cfg.embedding_cache or os.path.join(tp.zoo.cache_dir(), "embeddings")
+    print(f"embeddings of {cfg.model.encoder} (dim {encoder.dim}, fingerprint "
+          f"{encoder.fingerprint}), cache {cache}")
+    embedded = {s: tf.data.Dataset.from_tensor_slices(tp.load_embeddings(encoder, d, cache, s))
+                for s, d in datasets.items()}
+    trained, examples = head, run.cache(embedded)
+    state = _train(run, head, examples, cfg.train.head_phase(),
+                   os.path.join(run.workdir, "head") if cfg.model.trainable else run.workdir,
+                   "training the head on cached embeddings")
     if cfg.model.trainable:
-        trained, examples = model, {s: d.cache() for s, d in datasets.items()}
-        state = _train(model, examples, cfg.train, strategy, workdir, label_names, "model end to end",
-                       cfg.data.shuffle_buffer, cfg.runtime)
-    # metrics.json is a pure function of config and data (bit-identical across reruns and
-    # resumes); wall-clock times go to timing.json.
-    results = {"steps": state.step, "best_validation": state.best, "validation_history": state.history,
-               "label_names": label_names}
-    files.write_json(os.path.join(workdir, "timing.json"), {"train_seconds": round(state.seconds, 1)})
-    if "test" in examples:
-        results["test"] = tp.evaluate_classifier(trained, _batches(examples["test"], cfg.train), label_names)
-        print(tp.format_report(results["test"], label_names))
-    files.write_json(os.path.join(workdir, "metrics.json"), results)
-    artifacts = {"config": "config.json", "metrics": "metrics.json", "timing": "timing.json",
-                 "checkpoints": "checkpoints/", "tensorboard": "logs/"}
+        trained, examples = model, run.cache(datasets)
+        state = _train(run, model, examples, cfg.train, run.workdir,
+                       "training the model end to end")
     split = "test" if "test" in datasets else "validation"
     texts = [t.decode() for t, _ in datasets[split].take(8).as_numpy_iterator()]
-    if cfg.export.enabled:
-        export_dir = os.path.join(workdir, "export")
-        tp.export_text_classifier(model, label_names, export_dir)
-        artifacts["export"] = "export/"
-        tp.check_export(export_dir, texts, tf.nn.softmax(model(tf.constant(texts))).numpy())
-    tp.write_report(
-        workdir, title=f"Text classifier: {cfg.model.encoder} on {cfg.data.train_file or cfg.data.name}",
-        recipe="use_text_classifier", config=config_lib.to_dict(cfg), results=results,
-        label_names=label_names, split_sizes={s: tp.count_examples(d) for s, d in cached.items()},
-        encoder={"encoder": zoo.describe(cfg.model.encoder),
-                 "embedding": f"{encoder.dim}-d, fingerprint {encoder.fingerprint}",
-                 "training": "end to end after the head" if cfg.model.trainable else "frozen; head on cached embeddings"},
-        steps_per_epoch=None, example_inputs=[t[:200] for t in texts[:2]])
-    artifacts["report"] = "report.md"
-    tp.print_summary(workdir, results, artifacts, state.seconds)
+    export = tp.Export(write=lambda path: tp.export_text_classifier(model, label_names, path),
+                       check_inputs=texts, model_inputs=tf.constant, model=model)
+    training = ("end to end after the head" if cfg.model.trainable
+                else "frozen; head on cached embeddings")
+    run.finish(trained, state, export=export,
+               test=_batches(examples["test"], cfg.train) if "test" in examples else None,
+               report={"title": f"Text classifier: {cfg.model.encoder} on "
+                                f"{cfg.data.train_file or cfg.data.name}",
+                       "encoder": {"encoder": tp.zoo.describe(cfg.model.encoder),
+                                   "embedding": f"{encoder.dim}-d, fingerprint "
+                                                f"{encoder.fingerprint}",
+                                   "training": training},
+                       "example_inputs": [t[:200] for t in texts[:2]]})
 
 
 def _batches(examples, train_config, epoch=None, skip=0, shuffle_buffer=0):
@@ -91,26 +105,15 @@ def _batches(examples, train_config, epoch=None, skip=0, shuffle_buffer=0):
     return examples.batch(train_config.global_batch_size).skip(skip).prefetch(tf.data.AUTOTUNE)
 
 
-def _train(trained, examples, train_config, strategy, workdir, label_names, what, shuffle_buffer, runtime):
-    steps_per_epoch = sum(1 for _ in _batches(examples["train"], train_config))
-    total = train_config.max_steps or train_config.epochs * steps_per_epoch
-    with strategy.scope():
-        optimizer = tp.build_optimizer(train_config, total)
-    trainable = sum(int(tf.size(v)) for v in trained.trainable_variables)
-    print(f"training the {what}: replicas {strategy.num_replicas_in_sync} | global batch "
-          f"{train_config.global_batch_size} | steps/epoch {steps_per_epoch} | total steps {total} | "
-          f"trainable parameters {trainable:,} | labels {label_names}", flush=True)
-    evaluate = None
-    if "validation" in examples:
-        evaluate = lambda m: tp.evaluate_classifier(  # noqa: E731
-            m, _batches(examples["validation"], train_config), label_names)
-    def train_batches(epoch, skip):
-        return _batches(examples["train"], train_config, epoch, skip, shuffle_buffer)
-
-    return tp.fit(trained, optimizer, train_batches, steps_per_epoch, train_config, strategy, workdir,
-                  evaluate=evaluate, steps_per_execution=runtime.steps_per_execution,
-                  jit_compile=runtime.jit_compile)
+def _train(run, trained, examples, train_config, workdir, what):
+    validation = examples.get("validation")
+    return run.train(
+        trained, lambda epoch, skip: _batches(examples["train"], train_config, epoch, skip,
+                                              run.cfg.data.shuffle_buffer),
+        validation=None if validation is None else _batches(validation, train_config),
+        train_config=train_config, workdir=workdir, what=what,
+        details=f"labels {run.task.label_names}")
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, tp.SentenceClassifierConfig(), description=__doc__))
+    sys.exit(tp.cli.run(main, SentenceClassifierConfig(), description=__doc__))

@@ -68,14 +68,15 @@ def toy_use(tmp_path_factory):
     """Directories of tiny strings → vectors SavedModels: {"call": with __call__,
     "signature": serving_default only, "from_bert": the toy BERT as a sentence encoder}."""
     from tfpretrain.encoders.toy import export_toy_bert, export_toy_sentence_encoder
-    from tfpretrain.hub_format import export_sentence_encoder
+    from tfpretrain.hub_export import export_sentence_encoder
 
     base = tmp_path_factory.mktemp("toy_use")
     encoder, preprocessor = export_toy_bert(str(base / "bert"))
     return {
         "call": export_toy_sentence_encoder(str(base / "call")),
         "signature": export_toy_sentence_encoder(str(base / "signature"), signature_only=True),
-        "from_bert": export_sentence_encoder(encoder, preprocessor, str(base / "from_bert"), seq_length=32),
+        "from_bert": export_sentence_encoder(encoder, preprocessor, str(base / "from_bert"),
+                                             seq_length=32),
     }
 
 
@@ -83,6 +84,8 @@ def toy_recipe_args(toy_bert, toy_csv, workdir, *extra):
     """Arguments of a fast bert_text_classifier run on the toy encoder and toy files."""
     return ["-m", "recipes.bert_text_classifier", f"--workdir={workdir}",
             f"--model.encoder={toy_bert[0]}", f"--model.preprocessor={toy_bert[1]}",
-            f"--data.train_file={toy_csv['train']}", f"--data.validation_file={toy_csv['validation']}",
+            f"--data.train_file={toy_csv['train']}",
+            f"--data.validation_file={toy_csv['validation']}",
             f"--data.test_file={toy_csv['test']}", "--model.seq_length=16", "--train.epochs=6",
-            "--train.global_batch_size=8", "--train.learning_rate=5e-3", "--model.pooling=mean", *extra]
+            "--train.global_batch_size=8", "--train.learning_rate=5e-3", "--model.pooling=mean",
+            *extra]

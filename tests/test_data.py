@@ -5,11 +5,10 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import TOY_ROWS, write_csv
-from tfpretrain.config import DataConfig
 from tfpretrain.data import tfds as tp_tfds
 from tfpretrain.data.pipeline import make_batches, pack_texts, padding_efficiency, tokenize_texts
-from tfpretrain.data.text import make_text_datasets
-from tfpretrain.encoders.bert import load_encoder
+from tfpretrain.data.text import TextDataConfig, make_text_datasets
+from tfpretrain.encoders.bert import load_bert_encoder
 
 
 def test_bbc_news_split_is_deterministic_stratified_and_complete():
@@ -24,7 +23,7 @@ def test_bbc_news_split_is_deterministic_stratified_and_complete():
 
 
 def test_bbc_news_through_tfds():
-    datasets, names = make_text_datasets(DataConfig(name="bbc_news", train_split="train[:5%]",
+    datasets, names = make_text_datasets(TextDataConfig(name="bbc_news", train_split="train[:5%]",
                                                     validation_split="", test_split="test[:10]"))
     assert names == ["business", "entertainment", "politics", "sport", "tech"]
     text, label = next(iter(datasets["test"]))
@@ -36,10 +35,12 @@ def test_bbc_news_through_tfds():
 def test_local_files_with_string_labels(tmp_path, suffix):
     path = tmp_path / f"train.{suffix}"
     if suffix == "jsonl":
-        path.write_text("\n".join(json.dumps({"review": t, "label": l}) for t, l in TOY_ROWS * 5))
+        path.write_text("\n".join(json.dumps({"review": t, "label": label})
+                                  for t, label in TOY_ROWS * 5))
     else:
-        write_csv(path, TOY_ROWS * 5, header=("review", "label"), delimiter="\t" if suffix == "tsv" else ",")
-    datasets, names = make_text_datasets(DataConfig(train_file=str(path)))
+        write_csv(path, TOY_ROWS * 5, header=("review", "label"),
+                  delimiter="\t" if suffix == "tsv" else ",")
+    datasets, names = make_text_datasets(TextDataConfig(train_file=str(path)))
     assert names == ["neg", "pos"]
     assert sum(1 for _ in datasets["train"]) == 27 and sum(1 for _ in datasets["validation"]) == 3
     assert set(datasets) == {"train", "validation"}
@@ -47,7 +48,7 @@ def test_local_files_with_string_labels(tmp_path, suffix):
 
 def test_integer_labels_keep_their_ids(tmp_path):
     path = write_csv(tmp_path / "t.csv", [("x y", 2), ("z", 0), ("w", 1)] * 4)
-    datasets, names = make_text_datasets(DataConfig(train_file=path))
+    datasets, names = make_text_datasets(TextDataConfig(train_file=path))
     assert names == ["0", "1", "2"]
     assert sorted({int(y) for _, y in datasets["train"]}) == [0, 1, 2]
 
@@ -55,31 +56,31 @@ def test_integer_labels_keep_their_ids(tmp_path):
 def test_bad_data_names_the_problem(tmp_path):
     good = write_csv(tmp_path / "good.csv", TOY_ROWS * 2)
     with pytest.raises(FileNotFoundError, match="missing.csv does not exist"):
-        make_text_datasets(DataConfig(train_file=str(tmp_path / "missing.csv")))
+        make_text_datasets(TextDataConfig(train_file=str(tmp_path / "missing.csv")))
     with pytest.raises(ValueError, match="no label column 'category'"):
-        make_text_datasets(DataConfig(train_file=good, label_key="category"))
+        make_text_datasets(TextDataConfig(train_file=good, label_key="category"))
     with pytest.raises(ValueError, match="no text column/feature 'body'"):
-        make_text_datasets(DataConfig(train_file=good, text_key="body"))
+        make_text_datasets(TextDataConfig(train_file=good, text_key="body"))
     odd = write_csv(tmp_path / "odd.csv", [("fine text", "maybe")])
     with pytest.raises(ValueError, match="row 2: label 'maybe' is not one of the training labels"):
-        make_text_datasets(DataConfig(train_file=good, test_file=odd))
+        make_text_datasets(TextDataConfig(train_file=good, test_file=odd))
     single = write_csv(tmp_path / "single.csv", [("a", "x"), ("b", "x")])
     with pytest.raises(ValueError, match="single class"):
-        make_text_datasets(DataConfig(train_file=single))
+        make_text_datasets(TextDataConfig(train_file=single))
     empty = write_csv(tmp_path / "empty.csv", [])
     with pytest.raises(ValueError, match="has no rows"):
-        make_text_datasets(DataConfig(train_file=empty))
+        make_text_datasets(TextDataConfig(train_file=empty))
     with pytest.raises(ValueError, match="unknown TFDS dataset 'no_such_dataset'"):
-        make_text_datasets(DataConfig(name="no_such_dataset"))
+        make_text_datasets(TextDataConfig(name="no_such_dataset"))
     with pytest.raises(ValueError, match="split 'dev'"):
-        make_text_datasets(DataConfig(name="bbc_news", validation_split="dev"))
+        make_text_datasets(TextDataConfig(name="bbc_news", validation_split="dev"))
 
 
 def test_any_tfds_text_dataset_by_name_with_feature_keys():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=12):
-        datasets, names = make_text_datasets(DataConfig(
+        datasets, names = make_text_datasets(TextDataConfig(
             name="imdb_reviews", train_split="train[:50%]", validation_split="test", test_split=""))
     assert names == ["neg", "pos"]
     text, label = next(iter(datasets["train"]))
@@ -88,19 +89,24 @@ def test_any_tfds_text_dataset_by_name_with_feature_keys():
 
 
 def test_batches_are_padded_to_their_own_length(toy_bert):
-    loaded = load_encoder(*toy_bert)
+    loaded = load_bert_encoder(*toy_bert)
     texts = ["good"] * 40 + [" ".join(["fun film"] * 10)] * 40
     ds = tf.data.Dataset.from_tensor_slices((texts, [0] * 80))
     examples = tokenize_texts(ds, loaded.preprocessor, 32).cache()
     widths = sorted({int(x["input_word_ids"].shape[1]) for x, _ in make_batches(examples, 8, 32)})
     assert widths == [3, 22]  # [CLS] good [SEP] and 20 word pieces + 2, not always 32
-    first = [x["input_word_ids"].numpy().tolist() for x, _ in make_batches(examples, 8, 32, shuffle_seed=1)]
-    again = [x["input_word_ids"].numpy().tolist() for x, _ in make_batches(examples, 8, 32, shuffle_seed=1)]
-    other = [x["input_word_ids"].numpy().tolist() for x, _ in make_batches(examples, 8, 32, shuffle_seed=2)]
+    first = [x["input_word_ids"].numpy().tolist()
+             for x, _ in make_batches(examples, 8, 32, shuffle_seed=1)]
+    again = [x["input_word_ids"].numpy().tolist()
+             for x, _ in make_batches(examples, 8, 32, shuffle_seed=1)]
+    other = [x["input_word_ids"].numpy().tolist()
+             for x, _ in make_batches(examples, 8, 32, shuffle_seed=2)]
     assert first == again and first != other
-    skipped = [x["input_word_ids"].numpy().tolist() for x, _ in make_batches(examples, 8, 32, shuffle_seed=1, skip_batches=3)]
+    skipped = [x["input_word_ids"].numpy().tolist()
+               for x, _ in make_batches(examples, 8, 32, shuffle_seed=1, skip_batches=3)]
     assert skipped == first[3:]
-    assert sum(int(np.sum(x["input_mask"])) for x, _ in make_batches(examples, 8, 32)) == 40 * 3 + 40 * 22
+    assert (sum(int(np.sum(x["input_mask"])) for x, _ in make_batches(examples, 8, 32))
+            == 40 * 3 + 40 * 22)
 
 
 def test_length_buckets_waste_little_padding_and_keep_every_example_once():
@@ -108,18 +114,20 @@ def test_length_buckets_waste_little_padding_and_keep_every_example_once():
     lengths = np.clip(np.random.RandomState(0).lognormal(2.5, 0.6, 3000).astype(int) + 3, 3, 128)
     ids = tf.ragged.range(lengths) + 5
     examples = tf.data.Dataset.from_tensor_slices((ids, np.arange(len(lengths)))).map(
-        lambda x, i: ({"input_word_ids": x, "input_mask": tf.ones_like(x), "input_type_ids": tf.zeros_like(x)}, i))
+        lambda x, i: ({"input_word_ids": x, "input_mask": tf.ones_like(x),
+                       "input_type_ids": tf.zeros_like(x)}, i))
     batches = make_batches(examples, 32, 128, shuffle_seed=0)
     assert padding_efficiency(batches) >= 0.9  # powers-of-two buckets (17, 33, ...): 0.70
     seen = np.concatenate([label.numpy() for _, label in batches])
     assert sorted(seen.tolist()) == list(range(len(lengths)))
     sizes = [int(label.shape[0]) for _, label in batches]
     assert len([s for s in sizes if s < 32]) <= 45  # at most one partial batch per length bucket
-    assert sum(1 for _ in make_batches(examples, 32, 128)) == len(sizes)  # the count does not depend on order
+    # The count does not depend on order.
+    assert sum(1 for _ in make_batches(examples, 32, 128)) == len(sizes)
 
 
 def test_head_tail_truncation_keeps_a_quarter_from_the_start_and_the_rest_from_the_end(toy_bert):
-    loaded = load_encoder(*toy_bert)
+    loaded = load_bert_encoder(*toy_bert)
     good, bad, fun = loaded.preprocessor.tokenize(tf.constant(["good bad fun"])).flat_values.numpy()
     cls, sep = 2, 3  # the toy vocabulary's [CLS] and [SEP]
     texts = tf.constant([" ".join(["good"] * 10 + ["bad"] * 10 + ["fun"] * 10), "good film"])

@@ -14,7 +14,6 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import ROOT, run_python, toy_recipe_args
 
 # The recipe, on 2 logical CPU devices (set before TensorFlow starts).
@@ -23,8 +22,9 @@ import sys, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from recipes import bert_text_classifier
-from tfpretrain import cli, config
-sys.exit(cli.run(bert_text_classifier.main, config.TextClassifierConfig(), argv=sys.argv[1:]))
+from tfpretrain import cli
+sys.exit(cli.run(bert_text_classifier.main, bert_text_classifier.TextClassifierConfig(),
+                 argv=sys.argv[1:]))
 """
 
 
@@ -36,8 +36,9 @@ def toy_bert_no_dropout(tmp_path_factory):
 
 
 def _args(toy_bert, toy_csv, workdir, *extra):
-    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--model.dropout=0", "--export.enabled=false",
-                           "--train.max_steps=6", "--train.checkpoint_every=2", *extra)
+    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--model.dropout=0",
+                           "--export.enabled=false", "--train.max_steps=6",
+                           "--train.checkpoint_every=2", *extra)
     return args[2:]  # without "-m recipes.bert_text_classifier"
 
 
@@ -49,7 +50,8 @@ def _checkpoint(workdir):
     reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
     tensors = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
     # Weights, optimizer slots and the best validation score; not the step counters.
-    return {name: t for name, t in tensors.items() if getattr(t, "dtype", None) is not None and t.dtype.kind == "f"}
+    return {name: t for name, t in tensors.items()
+            if getattr(t, "dtype", None) is not None and t.dtype.kind == "f"}
 
 
 def _max_difference(a, b):
@@ -74,8 +76,9 @@ def _start_worker(index, ports, args, log, recipe="recipes.bert_text_classifier"
                  "task": {"type": "worker", "index": index}}
     env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen([sys.executable, "-m", recipe, *args, "--runtime.strategy=multi_worker"], cwd=ROOT,
-                            env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", recipe, *args, "--runtime.strategy=multi_worker"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
 def _run_cluster(args, logdir, timeout=300, name="cluster"):
@@ -93,7 +96,8 @@ def _digest(log):
 @pytest.mark.slow  # two recipe runs, one on 2 logical CPUs
 def test_mirrored_on_two_cpus_matches_one_device(toy_bert_no_dropout, toy_csv, tmp_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    result = run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, one, "--runtime.strategy=one_device")))
+    result = run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, one,
+                                      "--runtime.strategy=one_device")))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 1 |" in result.stdout
     result = run_python(["-c", RECIPE_ON_TWO_CPUS, *_args(toy_bert_no_dropout, toy_csv, two,
@@ -106,7 +110,8 @@ def test_mirrored_on_two_cpus_matches_one_device(toy_bert_no_dropout, toy_csv, t
 @pytest.mark.slow  # about a minute: separate processes, a cluster, XLA compiles
 def test_multi_worker_cluster_matches_single_process(toy_bert_no_dropout, toy_csv, tmp_path):
     single, cluster = str(tmp_path / "single"), str(tmp_path / "cluster")
-    result = run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, single, "--runtime.strategy=one_device")))
+    result = run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, single,
+                                      "--runtime.strategy=one_device")))
     assert result.returncode == 0, result.stderr[-3000:]
     codes, logs = _run_cluster(_args(toy_bert_no_dropout, toy_csv, cluster), str(tmp_path))
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
@@ -119,16 +124,20 @@ def test_multi_worker_cluster_matches_single_process(toy_bert_no_dropout, toy_cs
 
 
 @pytest.mark.slow  # about a minute: separate processes, a cluster, XLA compiles
-def test_killed_worker_stops_the_cluster_with_an_error_and_rerun_resumes(toy_bert_no_dropout, toy_csv, tmp_path):
+def test_killed_worker_stops_the_cluster_with_an_error_and_rerun_resumes(
+    toy_bert_no_dropout, toy_csv, tmp_path
+):
     workdir = str(tmp_path / "cluster")
-    args = _args(toy_bert_no_dropout, toy_csv, workdir, "--train.max_steps=80", "--train.checkpoint_every=5")
+    args = _args(toy_bert_no_dropout, toy_csv, workdir, "--train.max_steps=80",
+                 "--train.checkpoint_every=5")
     ports = _free_ports(2)
     logs = [open(os.path.join(str(tmp_path), f"worker{i}.log"), "w") for i in range(2)]
     workers = [_start_worker(i, ports, args, logs[i]) for i in range(2)]
     checkpoints = os.path.join(workdir, "checkpoints")
     deadline = time.time() + 240
     while not (tf.io.gfile.exists(checkpoints) and tf.train.latest_checkpoint(checkpoints)):
-        assert time.time() < deadline and workers[0].poll() is None, open(logs[0].name).read()[-3000:]
+        assert time.time() < deadline and workers[0].poll() is None, (
+            open(logs[0].name).read()[-3000:])
         time.sleep(0.5)
     workers[1].kill()
     killed = time.time()
@@ -141,7 +150,8 @@ def test_killed_worker_stops_the_cluster_with_an_error_and_rerun_resumes(toy_ber
     assert code != 0 and time.time() - killed < 60
     assert "lost another worker" in log and "Restart every worker with the same command" in log
     assert "Traceback" not in log
-    print(f"survivor exited {time.time() - killed:.1f} s after the kill: " + log.split("error: ")[-1][:400])
+    print(f"survivor exited {time.time() - killed:.1f} s after the kill: "
+          + log.split("error: ")[-1][:400])
     saved = int(tf.train.latest_checkpoint(checkpoints).rsplit("-", 1)[1])
 
     codes, logs = _run_cluster(args, str(tmp_path), name="rerun")
@@ -158,7 +168,8 @@ def test_auto_picks_tpu_then_cluster_then_gpus_then_one_device(monkeypatch):
     monkeypatch.delenv("TPU_NAME", raising=False)
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert resolve_strategy_name("auto") == "one_device"  # this machine has no GPU
-    cluster = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 0}}
+    cluster = {"cluster": {"worker": ["localhost:1", "localhost:2"]},
+               "task": {"type": "worker", "index": 0}}
     monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
     assert resolve_strategy_name("auto") == "multi_worker"
     assert resolve_strategy_name("auto", tpu="grpc://10.0.0.2:8470") == "tpu"
@@ -187,7 +198,8 @@ def test_global_batch_splits_evenly_over_replicas():
 def test_recipes_without_chief_only_writes_refuse_a_cluster(tmp_path):
     ports = _free_ports(2)
     logs = [open(os.path.join(str(tmp_path), f"worker{i}.log"), "w") for i in range(2)]
-    workers = [_start_worker(i, ports, [f"--workdir={tmp_path / 'run'}"], logs[i], "recipes.use_text_classifier")
+    workers = [_start_worker(i, ports, [f"--workdir={tmp_path / 'run'}"], logs[i],
+                             "recipes.use_text_classifier")
                for i in range(2)]
     assert [w.wait(timeout=120) for w in workers] == [2, 2]
     log = open(logs[0].name).read()
@@ -209,7 +221,8 @@ def test_steps_per_execution_gives_the_same_run(toy_bert_no_dropout, toy_csv, tm
                                         "--runtime.steps_per_execution=3"))))
     assert _max_difference(_checkpoint(one), _checkpoint(three)) == 0.0
     # Evaluations and checkpoints keep their steps although calls run 3 steps at a time.
-    history = [json.loads(line)["step"] for line in open(os.path.join(three, "logs", "eval_history.jsonl"))]
+    history = [json.loads(line)["step"]
+               for line in open(os.path.join(three, "logs", "eval_history.jsonl"))]
     assert history == [4, 8, 9]
     assert sorted(os.listdir(os.path.join(three, "checkpoints")))[-1] == "ckpt-9.index"
 
@@ -217,8 +230,10 @@ def test_steps_per_execution_gives_the_same_run(toy_bert_no_dropout, toy_csv, tm
 @pytest.mark.slow  # about a minute: separate processes, a cluster, XLA compiles
 def test_jit_compile_trains_like_the_graph_step(toy_bert_no_dropout, toy_csv, tmp_path):
     plain, jit = str(tmp_path / "plain"), str(tmp_path / "jit")
-    _train_log(run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, plain, "--runtime.strategy=one_device"))))
-    _train_log(run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, jit, "--runtime.strategy=one_device",
+    _train_log(run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, plain,
+                                        "--runtime.strategy=one_device"))))
+    _train_log(run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, jit,
+                                        "--runtime.strategy=one_device",
                                         "--runtime.jit_compile=true"))))
     difference = _max_difference(_checkpoint(plain), _checkpoint(jit))
     assert 0.0 < difference <= 1e-3  # XLA fuses differently: close, not bit-equal
@@ -226,22 +241,26 @@ def test_jit_compile_trains_like_the_graph_step(toy_bert_no_dropout, toy_csv, tm
 
 @pytest.mark.slow  # a recipe run per policy
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_trains_and_says_what_runs_in_which_dtype(policy, toy_bert, toy_csv, tmp_path):
+def test_mixed_precision_trains_and_says_what_runs_in_which_dtype(policy, toy_bert, toy_csv,
+                                                                  tmp_path):
     workdir = str(tmp_path / policy)
-    log = _train_log(run_python(toy_recipe_args(toy_bert, toy_csv, workdir, f"--runtime.precision={policy}")))
+    log = _train_log(run_python(toy_recipe_args(toy_bert, toy_csv, workdir,
+                                                f"--runtime.precision={policy}")))
     compute = policy.split("_")[1]
     # The head runs under the policy; the restored SavedModel encoder keeps float32.
     line = next(line for line in log.splitlines() if line.startswith("precision "))
     assert line.startswith(f"precision {policy} | compute dtypes: ")
     assert f"{compute}: " in line and "float32: " in line
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
-    assert metrics["test"]["accuracy"] >= 0.9  # the toy task, learnt under the policy, export checked
+    # The toy task, learnt under the policy, export checked.
+    assert metrics["test"]["accuracy"] >= 0.9
     names = tf.train.list_variables(os.path.join(workdir, "checkpoints"))
     has_loss_scale = any("dynamic_scale" in name for name, _ in names)
     assert has_loss_scale == (policy == "mixed_float16")
 
 
 def test_unknown_precision_is_a_one_line_error(toy_bert, toy_csv, tmp_path):
-    result = run_python(toy_recipe_args(toy_bert, toy_csv, str(tmp_path), "--runtime.precision=fp8"))
+    result = run_python(toy_recipe_args(toy_bert, toy_csv, str(tmp_path),
+                                        "--runtime.precision=fp8"))
     assert result.returncode == 2
     assert "runtime.precision must be one of" in result.stderr and "Traceback" not in result.stderr

@@ -1,6 +1,6 @@
 import numpy as np
 
-from tfpretrain.evaluate import classification_metrics, format_report
+from tfpretrain.tasks.classification import classification_metrics, format_report
 
 
 def test_metrics_by_hand():

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import tensorflow as tf
 
-from tfpretrain.encoders.bert import load_encoder
+from tfpretrain.encoders.bert import load_bert_encoder
 from tfpretrain.export import export_text_classifier, serve_in_fresh_process, trim_to_longest
 from tfpretrain.models import build_bert_classifier, feature_extractor
 
@@ -15,11 +15,12 @@ TEXTS = ["good movie", "the worst plot", "Café ß 東京 🍕 https://x.org", "
 
 
 def test_fresh_process_reproduces_in_memory_probabilities(toy_bert, tmp_path):
-    loaded = load_encoder(*toy_bert, trainable=True)
+    loaded = load_bert_encoder(*toy_bert, trainable=True)
     model = build_bert_classifier(loaded.layer, 3, pooling="mean")
-    path = export_text_classifier(model, ["a", "b", "c"], str(tmp_path / "export"), loaded.preprocessor, 32)
-    inputs = loaded.preprocessor.bert_pack_inputs([loaded.preprocessor.tokenize(tf.constant(TEXTS))],
-                                                  seq_length=32)
+    path = export_text_classifier(model, ["a", "b", "c"], str(tmp_path / "export"),
+                                  loaded.preprocessor, 32)
+    inputs = loaded.preprocessor.bert_pack_inputs(
+        [loaded.preprocessor.tokenize(tf.constant(TEXTS))], seq_length=32)
     in_memory = tf.nn.softmax(model(inputs, training=False)).numpy()
     served = serve_in_fresh_process(path, TEXTS)  # imports only tensorflow + tensorflow_text
     assert served.shape == (5, 3)
@@ -28,15 +29,16 @@ def test_fresh_process_reproduces_in_memory_probabilities(toy_bert, tmp_path):
 
 
 def test_serving_computes_only_up_to_the_longest_text_with_unchanged_outputs(toy_bert, tmp_path):
-    loaded = load_encoder(*toy_bert, trainable=True)
+    loaded = load_bert_encoder(*toy_bert, trainable=True)
     model = build_bert_classifier(loaded.layer, 3, pooling="mean")
     texts = ["good", "the worst plot", "fun film " * 5, ""]  # all far shorter than 64 tokens
-    path = export_text_classifier(model, ["a", "b", "c"], str(tmp_path / "e"), loaded.preprocessor, 64)
-    packed = loaded.preprocessor.bert_pack_inputs([loaded.preprocessor.tokenize(tf.constant(texts))],
-                                                  seq_length=64)
+    path = export_text_classifier(model, ["a", "b", "c"], str(tmp_path / "e"),
+                                  loaded.preprocessor, 64)
+    packed = loaded.preprocessor.bert_pack_inputs(
+        [loaded.preprocessor.tokenize(tf.constant(texts))], seq_length=64)
     trimmed = trim_to_longest(packed)
-    assert {k: tuple(v.shape) for k, v in trimmed.items()} == {
-        "input_word_ids": (4, 12), "input_mask": (4, 12), "input_type_ids": (4, 12)}  # 10 pieces + 2
+    assert {k: tuple(v.shape) for k, v in trimmed.items()} == {  # 10 pieces + 2
+        "input_word_ids": (4, 12), "input_mask": (4, 12), "input_type_ids": (4, 12)}
     untrimmed = tf.nn.softmax(model(packed, training=False)).numpy()  # padded to 64
     served = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(texts))
     assert np.abs(served["probabilities"].numpy() - untrimmed).max() <= 1e-5
@@ -47,7 +49,7 @@ def test_serving_computes_only_up_to_the_longest_text_with_unchanged_outputs(toy
 
 
 def test_export_serves_labels_and_empty_batches(toy_bert, tmp_path):
-    loaded = load_encoder(*toy_bert)
+    loaded = load_bert_encoder(*toy_bert)
     model = build_bert_classifier(loaded.layer, 2)
     export_text_classifier(model, ["neg", "pos"], str(tmp_path / "e"), loaded.preprocessor, 32)
     serve = tf.saved_model.load(str(tmp_path / "e")).signatures["serving_default"]
@@ -60,9 +62,10 @@ def test_export_serves_labels_and_empty_batches(toy_bert, tmp_path):
 
 
 def test_embeddings_and_preprocess_signatures(toy_bert, tmp_path):
-    loaded = load_encoder(*toy_bert)
+    loaded = load_bert_encoder(*toy_bert)
     model = build_bert_classifier(loaded.layer, 2, pooling="mean")
-    path = export_text_classifier(model, ["neg", "pos"], str(tmp_path / "e"), loaded.preprocessor, 32)
+    path = export_text_classifier(model, ["neg", "pos"], str(tmp_path / "e"),
+                                  loaded.preprocessor, 32)
     signatures = tf.saved_model.load(path).signatures
     assert set(signatures) == {"serving_default", "predict_embeddings", "preprocess"}
     packed = signatures["preprocess"](text=tf.constant(TEXTS))
@@ -79,12 +82,14 @@ def test_embeddings_and_preprocess_signatures(toy_bert, tmp_path):
 
 
 def test_saved_model_cli_run_prints_a_label(toy_bert, tmp_path):
-    loaded = load_encoder(*toy_bert)
+    loaded = load_bert_encoder(*toy_bert)
     model = build_bert_classifier(loaded.layer, 2)
-    path = export_text_classifier(model, ["neg", "pos"], str(tmp_path / "e"), loaded.preprocessor, 32)
+    path = export_text_classifier(model, ["neg", "pos"], str(tmp_path / "e"),
+                                  loaded.preprocessor, 32)
     result = subprocess.run(
-        [sys.executable, "-m", "tfpretrain.saved_model_cli", "run", "--dir", path, "--tag_set", "serve",
-         "--signature_def", "serving_default", "--input_exprs", 'text=["good movie", "the worst plot"]'],
+        [sys.executable, "-m", "tfpretrain.saved_model_cli", "run", "--dir", path,
+         "--tag_set", "serve", "--signature_def", "serving_default",
+         "--input_exprs", 'text=["good movie", "the worst plot"]'],
         capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout

@@ -1,11 +1,11 @@
+import keras
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 from tests.conftest import run_python
 from tfpretrain import hub
-from tfpretrain.encoders.bert import load_encoder
+from tfpretrain.encoders.bert import load_bert_encoder
 from tfpretrain.models import build_bert_classifier
 
 
@@ -20,7 +20,7 @@ def _fit(model, x, y, epochs=3):
 
 
 def test_adamw_fine_tuning_changes_the_saved_models_own_variables(toy_bert):
-    loaded = load_encoder(*toy_bert, trainable=True)
+    loaded = load_bert_encoder(*toy_bert, trainable=True)
     model = build_bert_classifier(loaded.layer, 2)
     restored = loaded.layer.saved_model.trainable_variables
     before = [v.numpy().copy() for v in restored]
@@ -33,32 +33,34 @@ def test_adamw_fine_tuning_changes_the_saved_models_own_variables(toy_bert):
 
 
 def test_frozen_encoder_does_not_change(toy_bert):
-    loaded = load_encoder(*toy_bert, trainable=False)
+    loaded = load_bert_encoder(*toy_bert, trainable=False)
     model = build_bert_classifier(loaded.layer, 2)
     assert loaded.layer.trainable_weights == []
     before = [v.numpy().copy() for v in loaded.layer.saved_model.variables]
     head_before = [w.numpy().copy() for w in model.trainable_weights]
     _fit(model, _inputs(loaded), [0, 1, 0])
-    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, loaded.layer.saved_model.variables))
-    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(head_before, model.trainable_weights))
+    assert all(np.array_equal(b, v.numpy())
+               for b, v in zip(before, loaded.layer.saved_model.variables))
+    assert any(not np.array_equal(b, w.numpy())
+               for b, w in zip(head_before, model.trainable_weights))
 
 
 def test_dropout_runs_only_in_training(toy_bert):
-    loaded = load_encoder(*toy_bert, trainable=True)
+    loaded = load_bert_encoder(*toy_bert, trainable=True)
     x = _inputs(loaded)
     infer = [loaded.layer(x, training=False)["sequence_output"].numpy() for _ in range(2)]
     train = [loaded.layer(x, training=True)["sequence_output"].numpy() for _ in range(2)]
     np.testing.assert_array_equal(infer[0], infer[1])
     assert np.abs(train[0] - train[1]).max() > 1e-4
     assert np.abs(train[0] - infer[0]).max() > 1e-4
-    frozen = load_encoder(*toy_bert, trainable=False).layer
+    frozen = load_bert_encoder(*toy_bert, trainable=False).layer
     np.testing.assert_allclose(frozen(x, training=True)["sequence_output"], infer[0], atol=1e-6)
 
 
 def test_stays_float32_under_mixed_precision(toy_bert):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        loaded = load_encoder(*toy_bert, trainable=True)
+        loaded = load_bert_encoder(*toy_bert, trainable=True)
         model = build_bert_classifier(loaded.layer, 2)
         out = loaded.layer(_inputs(loaded))
         assert out["pooled_output"].dtype == tf.float32
@@ -69,7 +71,7 @@ def test_stays_float32_under_mixed_precision(toy_bert):
 
 
 def test_variable_names_are_valid_optimizer_scopes(toy_bert):
-    layer = load_encoder(*toy_bert).layer
+    layer = load_bert_encoder(*toy_bert).layer
     assert all(":" not in w.name and "/" not in w.name for w in layer.weights)
 
 
@@ -133,13 +135,15 @@ def test_mirrored_strategy_on_two_logical_cpus(toy_bert):
 import numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from tfpretrain.encoders.bert import load_encoder
+from tfpretrain.encoders.bert import load_bert_encoder
 from tfpretrain.models import build_bert_classifier
-from tfpretrain.train import _make_train_step, build_optimizer, classification_loss
+from tfpretrain.optimizers import build_optimizer
+from tfpretrain.tasks.classification import classification_loss
+from tfpretrain.train import _make_train_step
 from tfpretrain.config import TrainConfig
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
-    loaded = load_encoder({toy_bert[0]!r}, {toy_bert[1]!r}, trainable=True)
+    loaded = load_bert_encoder({toy_bert[0]!r}, {toy_bert[1]!r}, trainable=True)
     model = build_bert_classifier(loaded.layer, 2)
     optimizer = build_optimizer(TrainConfig(learning_rate=1e-2, warmup_fraction=0), 10)
 x = loaded.preprocessor(tf.constant(["good movie", "bad plot", "fun film", "awful actor"]))
@@ -167,10 +171,12 @@ def test_mismatched_encoder_and_preprocessor_are_named(toy_bert, tmp_path):
     from tfpretrain.encoders.bert import EncoderError
     from tfpretrain.encoders.toy import TOY_WORDS, export_toy_bert
 
-    _, big_preprocessor = export_toy_bert(str(tmp_path / "big"), words=TOY_WORDS + [f"w{i}" for i in range(50)])
+    _, big_preprocessor = export_toy_bert(str(tmp_path / "big"),
+                                          words=TOY_WORDS + [f"w{i}" for i in range(50)])
     with pytest.raises(EncoderError, match="vocabulary but encoder .* embeds at most"):
-        load_encoder(toy_bert[0], big_preprocessor)
-    with pytest.raises(EncoderError, match=r"seq_length=100 is longer than encoder .* \(64 positions\)"):
-        load_encoder(*toy_bert, seq_length=100)
+        load_bert_encoder(toy_bert[0], big_preprocessor)
+    with pytest.raises(EncoderError,
+                       match=r"seq_length=100 is longer than encoder .* \(64 positions\)"):
+        load_bert_encoder(*toy_bert, seq_length=100)
     with pytest.raises(EncoderError, match="model.preprocessor is required"):
-        load_encoder(toy_bert[0])
+        load_bert_encoder(toy_bert[0])

@@ -1,13 +1,14 @@
-"""Image feature vectors: the zoo's Keras Applications export, block metadata, partial fine-tuning."""
+"""Image feature vectors: the zoo's Keras Applications export, block metadata, partial
+fine-tuning."""
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpretrain import zoo
+from tfpretrain import converters
 from tfpretrain.encoders.image import ImageEncoderError, load_image_encoder
-from tfpretrain.hub_format import block_groups
+from tfpretrain.hub_export import block_groups
 from tfpretrain.models import build_image_classifier
 
 
@@ -25,12 +26,14 @@ def _toy_application(size=16):
 
 def test_block_groups_follow_layer_names():
     groups = block_groups(_toy_application())
-    assert [len(g) for g in groups] == [2, 6, 6, 4]  # stem, conv2_block1, conv3_block1, top (post_bn)
+    # stem, conv2_block1, conv3_block1, top (post_bn)
+    assert [len(g) for g in groups] == [2, 6, 6, 4]
 
 
 def test_toy_application_exported_by_the_zoo_loads_through_hub_and_trains(tmp_path):
-    path = zoo.export_keras_application(_toy_application(), str(tmp_path / "toy"), image_size=16,
-                                        preprocess=lambda images: images * 2.0 - 1.0)
+    path = converters.export_keras_application(_toy_application(), str(tmp_path / "toy"),
+                                               image_size=16,
+                                               preprocess=lambda images: images * 2.0 - 1.0)
     encoder = load_image_encoder(path, fine_tune_blocks=1)
     assert encoder.image_size == 16 and encoder.dim == 8 and encoder.blocks == 2
     # Top block (conv3_block1: 2 kernels/biases + BN gamma/beta) and the top (post_bn gamma/beta).
@@ -52,7 +55,8 @@ def test_toy_application_exported_by_the_zoo_loads_through_hub_and_trains(tmp_pa
 
 
 def test_fine_tune_blocks_beyond_the_model_is_a_clear_error(tmp_path):
-    path = zoo.export_keras_application(_toy_application(), str(tmp_path / "toy"), image_size=16)
+    path = converters.export_keras_application(_toy_application(), str(tmp_path / "toy"),
+                                               image_size=16)
     with pytest.raises(ImageEncoderError, match="has 2 residual blocks"):
         load_image_encoder(path, fine_tune_blocks=3)
     frozen = load_image_encoder(path)

@@ -1,4 +1,5 @@
-"""End to end on digits with tiny settings: pretrain → install preset → transfer + baselines → export → predict."""
+"""End to end on digits with tiny settings: pretrain → install preset → transfer + baselines →
+export → predict."""
 
 import base64
 import json
@@ -10,7 +11,8 @@ import tensorflow as tf
 
 from tests.conftest import run_python
 
-TINY_PRETRAIN = ["--model.filters=64", "--model.blocks=1", "--model.image_size=16", "--train.epochs=2"]
+TINY_PRETRAIN = ["--model.filters=64", "--model.blocks=1", "--model.image_size=16",
+                 "--train.epochs=2"]
 
 
 @pytest.fixture(scope="module")
@@ -32,32 +34,38 @@ def test_pretrain_exports_an_image_feature_vector(transfer_run):
     assert served(tf.zeros([2, 16, 16, 3])).shape == (2, 64)
     # stem (conv1 kernel), 1 pre-activation block (2 kernels, 2 batch norms), top (post_bn)
     assert [int(n) for n in served.block_sizes.numpy()] == [1, 10, 4]
-    assert json.loads((root / "pre" / "export" / "architecture.json").read_text())["filters"] == [64]
+    architecture = json.loads((root / "pre" / "export" / "architecture.json").read_text())
+    assert architecture["filters"] == [64]
     assert (root / "pre" / "report.md").exists()
 
 
 def test_transfer_with_baselines_and_both_export_signatures(transfer_run):
     root, _, run = transfer_run
     out = run.stdout
-    assert "digits_target: train 100 (20 per class), validation 249, test 247 images, 5 classes" in out
+    assert ("digits_target: train 100 (20 per class), validation 249, test 247 images, 5 classes"
+            in out)
     metrics = json.loads((root / "run" / "metrics.json").read_text())
     comparison = metrics["comparison"]
     assert set(comparison) == {"transfer", "frozen", "scratch"}
-    assert {r["steps"] for r in comparison.values()} == {16}  # same budget: (2 + 2) epochs x 4 steps
+    # Same budget: (2 + 2) epochs x 4 steps.
+    assert {r["steps"] for r in comparison.values()} == {16}
     assert metrics["label_names"] == ["5", "6", "7", "8", "9"]
     assert "Transfer vs baselines (same number of steps)" in out
-    line = [l for l in out.splitlines() if l.startswith("export check")][0]
-    assert float(line.split("max abs diff ")[1].split()[0]) <= 1e-5  # PNG and JPEG bytes, fresh process
+    line = [row for row in out.splitlines() if row.startswith("export check")][0]
+    # PNG and JPEG bytes, fresh process.
+    assert float(line.split("max abs diff ")[1].split()[0]) <= 1e-5
     served = tf.saved_model.load(str(root / "run" / "export")).signatures
     assert set(served) == {"serving_default", "serving_float", "predict_embeddings"}
-    image = np.random.default_rng(0).random((20, 12, 3)).astype("float32")  # any size: resized inside
+    # Any size: resized inside.
+    image = np.random.default_rng(0).random((20, 12, 3)).astype("float32")
     by_float = served["serving_float"](images=tf.constant(image[None]))["probabilities"].numpy()
     png = tf.io.encode_png(tf.image.convert_image_dtype(image, tf.uint8)).numpy()
     by_png = served["serving_default"](image_bytes=tf.constant([png]))["probabilities"].numpy()
     assert by_float.shape == by_png.shape == (1, 5)
     np.testing.assert_allclose(by_float, by_png, atol=0.05)  # the PNG holds 8-bit pixels
     request = json.loads((root / "run" / "request.json").read_text())
-    assert base64.b64decode(request["instances"][0]["b64"])[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xdb")
+    assert base64.b64decode(request["instances"][0]["b64"])[:4] in (
+        b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xdb")
     report = (root / "run" / "report.md").read_text()
     assert "`serving_float`" in report and "image_bytes" in report
 
@@ -72,9 +80,11 @@ def test_predict_cli_classifies_image_files(transfer_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [os.path.basename(r["input"]) for r in rows] == ["a.png", "b.jpg"]
-    assert all(r["label"] in {"5", "6", "7", "8", "9"} and set(r["probabilities"]) == {"5", "6", "7", "8", "9"}
+    assert all(r["label"] in {"5", "6", "7", "8", "9"}
+               and set(r["probabilities"]) == {"5", "6", "7", "8", "9"}
                for r in rows)
-    missing = run_python(["-m", "tfpretrain.predict", "--model", str(root / "run" / "export"), "nope.png"])
+    missing = run_python(["-m", "tfpretrain.predict", "--model", str(root / "run" / "export"),
+                          "nope.png"])
     assert missing.returncode == 2 and "not a file: nope.png" in missing.stderr
 
 

@@ -1,15 +1,18 @@
-"""The image data layer: the digits TFDS builders, image folders, model input and batches. No network."""
-
-import io
+"""The image data layer: the digits TFDS builders, image folders, model input and batches. No
+network."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from tfpretrain.config import ImageDataConfig
-from tfpretrain.data.images import (build_augmenter, make_image_batches, make_image_datasets,
-                                    to_float_image)
+from tfpretrain.data.images import (
+    ImageDataConfig,
+    build_augmenter,
+    make_image_batches,
+    make_image_datasets,
+    to_float_image,
+)
 from tfpretrain.data.tfds import DataError, load_tfds
 
 
@@ -53,17 +56,20 @@ def test_digits_builders_split_every_image_once(digits_dir):
 
 def test_digits_are_deterministic_across_preparations(digits_dir, tmp_path):
     for split in ("train", "validation", "test"):
-        assert _records("digits_target", split, digits_dir) == _records("digits_target", split, str(tmp_path))
+        assert (_records("digits_target", split, digits_dir)
+                == _records("digits_target", split, str(tmp_path)))
 
 
 def test_digits_target_default_config_keeps_20_per_class(digits_dir, capsys):
     datasets, names = make_image_datasets(ImageDataConfig(data_dir=digits_dir))
-    assert names == ["5", "6", "7", "8", "9"] and sorted(datasets) == ["test", "train", "validation"]
+    assert (names == ["5", "6", "7", "8", "9"]
+            and sorted(datasets) == ["test", "train", "validation"])
     assert ("digits_target: train 100 (20 per class), validation 249, test 247 images, 5 classes"
             in capsys.readouterr().out)
     labels = [int(y) for _, y in datasets["train"]]
     assert np.bincount(labels).tolist() == [20] * 5
-    expected = sorted(image for _, rank, image in _records("digits_target", "train", digits_dir) if rank < 20)
+    expected = sorted(image for _, rank, image in _records("digits_target", "train", digits_dir)
+                      if rank < 20)
     assert sorted(image.numpy().tobytes() for image, _ in datasets["train"]) == expected
     image, label = next(iter(datasets["validation"]))
     assert image.dtype == tf.uint8 and image.shape == (8, 8, 1) and label.dtype == tf.int64
@@ -71,14 +77,16 @@ def test_digits_target_default_config_keeps_20_per_class(digits_dir, capsys):
 
 
 def test_digits_source_without_test_split_and_first_n_by_dataset_order(digits_dir, capsys):
-    config = ImageDataConfig(name="digits_source", data_dir=digits_dir, test_split="", train_per_class=0)
+    config = ImageDataConfig(name="digits_source", data_dir=digits_dir, test_split="",
+                             train_per_class=0)
     datasets, names = make_image_datasets(config)
     assert names == ["0", "1", "2", "3", "4"] and sorted(datasets) == ["train", "validation"]
     assert "digits_source: train 811, validation 90 images, 5 classes" in capsys.readouterr().out
 
     from tfpretrain.data import images
 
-    raw, _ = load_tfds("digits_source", "train", digits_dir)  # the path for datasets without index_in_class
+    # The path for datasets without index_in_class.
+    raw, _ = load_tfds("digits_source", "train", digits_dir)
     first = images._first_per_class(raw, lambda x: x["label"], 3, 5)
     labels = [int(x["label"]) for x in raw.as_numpy_iterator()]
     kept = [int(x["label"]) for x in first.as_numpy_iterator()]
@@ -87,7 +95,8 @@ def test_digits_source_without_test_split_and_first_n_by_dataset_order(digits_di
 
 
 def test_tfds_bad_keys_and_splits_are_named(digits_dir):
-    with pytest.raises(DataError, match=r"no feature 'picture' \(data.image_key\).*'index_in_class'"):
+    with pytest.raises(DataError,
+                       match=r"no feature 'picture' \(data.image_key\).*'index_in_class'"):
         make_image_datasets(ImageDataConfig(data_dir=digits_dir, image_key="picture"))
     with pytest.raises(DataError, match=r"split 'test' of 'digits_source'.*available"):
         make_image_datasets(ImageDataConfig(name="digits_source", data_dir=digits_dir))
@@ -106,13 +115,16 @@ def image_folder(tmp_path):
     for name in ("cat", "dog", "empty"):
         (root / name).mkdir(parents=True)
     for i in range(3):
-        (root / "cat" / f"c{i}.png").write_bytes(tf.io.encode_png(_random_image(i, 10 + i, 12)).numpy())
+        (root / "cat" / f"c{i}.png").write_bytes(
+            tf.io.encode_png(_random_image(i, 10 + i, 12)).numpy())
     for i in range(2):
-        (root / "cat" / f"c{i}.JPG").write_bytes(tf.io.encode_jpeg(_random_image(10 + i, 16, 9)).numpy())
+        (root / "cat" / f"c{i}.JPG").write_bytes(
+            tf.io.encode_jpeg(_random_image(10 + i, 16, 9)).numpy())
     Image.fromarray(_random_image(20, 7, 11)).save(root / "cat" / "c.bmp", format="BMP")
     Image.fromarray(_random_image(21, 9, 9)).save(root / "cat" / "c.gif", format="GIF")
     for i in range(6):
-        (root / "dog" / f"d{i}.png").write_bytes(tf.io.encode_png(_random_image(30 + i, 8, 8, 1)).numpy())
+        (root / "dog" / f"d{i}.png").write_bytes(
+            tf.io.encode_png(_random_image(30 + i, 8, 8, 1)).numpy())
     jpeg = tf.io.encode_jpeg(_random_image(40, 16, 16)).numpy()
     (root / "dog" / "broken.jpg").write_bytes(jpeg[:30])
     (root / "dog" / "notes.txt").write_text("not an image")
@@ -138,13 +150,16 @@ def test_image_folder_skips_unreadable_files_and_empty_classes(image_folder, cap
             pixels = to_float_image(image, 24).numpy()
             assert pixels.shape == (24, 24, 3) and pixels.min() >= 0 and pixels.max() <= 1
     images, labels = next(iter(make_image_batches(datasets["train"], 16, 24, shuffle_seed=0)))
-    assert images.shape == (9, 24, 24, 3) and images.dtype == tf.float32 and labels.dtype == tf.int64
+    assert (images.shape == (9, 24, 24, 3) and images.dtype == tf.float32
+            and labels.dtype == tf.int64)
     again, _ = make_image_datasets(config)  # the split does not depend on anything but the names
-    assert [bytes(i.numpy()) for i, _ in again["test"]] == [bytes(i.numpy()) for i, _ in datasets["test"]]
+    assert ([bytes(i.numpy()) for i, _ in again["test"]]
+            == [bytes(i.numpy()) for i, _ in datasets["test"]])
 
 
 def test_image_folder_train_per_class_and_errors(image_folder, tmp_path, capsys):
-    datasets, _ = make_image_datasets(ImageDataConfig(image_dir=str(image_folder), train_per_class=2))
+    datasets, _ = make_image_datasets(ImageDataConfig(image_dir=str(image_folder),
+                                                      train_per_class=2))
     assert sorted(int(y) for _, y in datasets["train"]) == [0, 0, 1, 1]
     assert "train 4 (2 per class)" in capsys.readouterr().out
     with pytest.raises(DataError, match=str(image_folder / "dog" / "broken.jpg")):
@@ -157,7 +172,8 @@ def test_image_folder_train_per_class_and_errors(image_folder, tmp_path, capsys)
     with pytest.raises(DataError, match="no class subfolders"):
         make_image_datasets(ImageDataConfig(image_dir=str(tmp_path / "flat")))
     (tmp_path / "flat" / "only").mkdir()
-    (tmp_path / "flat" / "only" / "a.png").write_bytes(tf.io.encode_png(_random_image(0, 4, 4)).numpy())
+    (tmp_path / "flat" / "only" / "a.png").write_bytes(
+        tf.io.encode_png(_random_image(0, 4, 4)).numpy())
     with pytest.raises(DataError, match="needs two or more"):
         make_image_datasets(ImageDataConfig(image_dir=str(tmp_path / "flat")))
 
@@ -171,7 +187,8 @@ def test_to_float_image_same_for_bytes_and_tensors():
     gray = to_float_image(tf.constant(_random_image(8, 8, 8, 1)), 32).numpy()
     assert gray.shape == (32, 32, 3)
     assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 0], gray[..., 2])
-    serving = tf.function(lambda b: to_float_image(b, 20), input_signature=[tf.TensorSpec([], tf.string)])
+    serving = tf.function(lambda b: to_float_image(b, 20),
+                          input_signature=[tf.TensorSpec([], tf.string)])
     assert float(tf.reduce_max(tf.abs(serving(tf.io.encode_png(image)) - from_tensor))) == 0.0
 
 
@@ -190,7 +207,8 @@ def test_make_image_batches_order_skip_and_augmentation():
     assert plain[0][0].dtype == np.float32 and plain[0][1].dtype == np.int64
     first = _as_lists(make_image_batches(_toy_examples(), 8, 16, shuffle_seed=5))
     second = _as_lists(make_image_batches(_toy_examples(), 8, 16, shuffle_seed=5))
-    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, second))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+               for a, b in zip(first, second))
     assert not all(np.array_equal(a[1], b[1]) for a, b in zip(first, plain))
     resumed = _as_lists(make_image_batches(_toy_examples(), 8, 16, shuffle_seed=5, skip_batches=1))
     assert len(resumed) == 2 and all(np.array_equal(a[0], b[0]) for a, b in zip(resumed, first[1:]))

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from tfpretrain import hub
-from tfpretrain.config import MlmDataConfig, TrainConfig
-from tfpretrain.data.corpus import make_corpus
+from tfpretrain.config import TrainConfig
+from tfpretrain.data.corpus import MlmDataConfig, make_corpus
 from tfpretrain.data.tfds import DataError
 from tfpretrain.pretrain import mlm
 
@@ -54,7 +54,8 @@ def test_corpus_from_lines_and_files_holds_out_the_same_documents(tmp_path):
 
 def test_corpus_from_a_tfds_dataset_by_split_and_feature():
     corpus = make_corpus(MlmDataConfig(name="bbc_news", split="train[:10%]", heldout_fraction=0.1))
-    texts = list(corpus["train"].take(3).as_numpy_iterator()) + list(corpus["heldout"].take(1).as_numpy_iterator())
+    texts = (list(corpus["train"].take(3).as_numpy_iterator())
+             + list(corpus["heldout"].take(1).as_numpy_iterator()))
     assert len(texts) == 4 and all(len(t.split()) > 50 for t in texts)  # whole articles
     with pytest.raises(DataError, match="no feature 'body'"):
         make_corpus(MlmDataConfig(name="bbc_news", split="train[:1%]", feature="body"))
@@ -100,7 +101,8 @@ def test_masking_selects_15_percent_and_replaces_80_10_10(toy):
             original = np.concatenate([[masking.cls_id], originals[row], [masking.sep_id]])
             row += 1
             real = positions[weights > 0]
-            np.testing.assert_array_equal(targets[weights > 0], original[real])  # labels: the true pieces
+            # Labels: the true pieces.
+            np.testing.assert_array_equal(targets[weights > 0], original[real])
             assert masking.cls_id not in original[real] and masking.sep_id not in original[real]
             tokens += len(original) - 2
             selected += len(real)
@@ -141,7 +143,8 @@ def test_masks_depend_only_on_the_seed_and_skip_replays_them(toy):
 
 
 def test_loss_ignores_padded_positions():
-    labels = {"masked_lm_ids": tf.constant([[1, 2, 0]]), "masked_lm_weights": tf.constant([[1.0, 1.0, 0.0]])}
+    labels = {"masked_lm_ids": tf.constant([[1, 2, 0]]),
+              "masked_lm_weights": tf.constant([[1.0, 1.0, 0.0]])}
     logits = tf.constant([[[0.0, 5.0, 0.0], [0.0, 0.0, 5.0], [9.0, -9.0, -9.0]]])
     losses, weights = mlm.masked_lm_loss(labels, logits)
     expected = -np.log(np.exp(5) / (np.exp(5) + 2))
@@ -155,20 +158,25 @@ def test_head_is_tied_to_the_word_embeddings(toy_bert, toy):
     model, head = mlm.build_mlm_model(layer, vocab_size)
     table = mlm.word_embeddings(layer, vocab_size)
     assert sum(v is table for v in model.trainable_variables) == 1  # trained once, not twice
-    assert len(model.trainable_variables) == len(layer.trainable_weights) + len(head.trainable_weights)
-    inputs = {"input_word_ids": tf.constant([[2, 7, 4, 3]]), "input_mask": tf.ones([1, 4], tf.int32),
-              "input_type_ids": tf.zeros([1, 4], tf.int32), "masked_lm_positions": tf.constant([[2]])}
+    assert (len(model.trainable_variables)
+            == len(layer.trainable_weights) + len(head.trainable_weights))
+    inputs = {"input_word_ids": tf.constant([[2, 7, 4, 3]]),
+              "input_mask": tf.ones([1, 4], tf.int32),
+              "input_type_ids": tf.zeros([1, 4], tf.int32),
+              "masked_lm_positions": tf.constant([[2]])}
     with tf.GradientTape() as tape:
         logits = model(inputs)
         loss = tf.reduce_mean(mlm.masked_lm_loss({"masked_lm_ids": tf.constant([[9]]),
                                                   "masked_lm_weights": tf.ones([1, 1])}, logits)[0])
     gradient = tf.convert_to_tensor(tape.gradient(loss, table))
     assert logits.shape == (1, 1, vocab_size)
-    assert np.abs(gradient.numpy()).sum(axis=1).astype(bool).sum() > 4  # output side: every row moves
+    # Output side: every row moves.
+    assert np.abs(gradient.numpy()).sum(axis=1).astype(bool).sum() > 4
 
 
 def test_fit_resumes_masked_lm_training_exactly(toy_bert, toy, tmp_path):
-    from tfpretrain.train import build_optimizer, fit
+    from tfpretrain.optimizers import build_optimizer
+    from tfpretrain.train import fit
 
     preprocessor, vocab = toy
     masking = mlm.Masking.from_vocabulary(vocab, seq_length=32, max_predictions=6)
@@ -178,11 +186,13 @@ def test_fit_resumes_masked_lm_training_exactly(toy_bert, toy, tmp_path):
     def train(workdir, max_steps):
         keras.utils.set_random_seed(0)
         with strategy.scope():
-            model, _ = mlm.build_mlm_model(hub.HubLayer(toy_bert[0], trainable=True), masking.vocab_size)
+            model, _ = mlm.build_mlm_model(hub.HubLayer(toy_bert[0], trainable=True),
+                                           masking.vocab_size)
             optimizer = build_optimizer(TrainConfig(learning_rate=1e-3), total_steps=6)
         config = TrainConfig(max_steps=max_steps, checkpoint_every=1, seed=0)
-        fit(model, optimizer, lambda epoch, skip: mlm.make_mlm_batches(windows, masking, 8, seed=epoch,
-                                                                         shuffle_seed=epoch, skip_batches=skip),
+        fit(model, optimizer,
+            lambda epoch, skip: mlm.make_mlm_batches(windows, masking, 8, seed=epoch,
+                                                     shuffle_seed=epoch, skip_batches=skip),
             4, config, strategy, str(workdir), loss_fn=mlm.masked_lm_loss)
         return [v.numpy() for v in model.trainable_variables]
 

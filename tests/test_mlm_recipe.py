@@ -1,4 +1,5 @@
-"""recipes.bert_mlm_pretrain end to end on toy corpora: from scratch, continued, fine-tuned after."""
+"""recipes.bert_mlm_pretrain end to end on toy corpora: from scratch, continued, fine-tuned
+after."""
 
 import json
 import os
@@ -16,7 +17,8 @@ def _corpus(path, lines=400):
     # 25 different lines (the held-out documents are chosen by text: copies go together), in
     # which each sentence appears beside every other.
     n = len(SENTENCES)
-    path.write_text("\n".join(f"{SENTENCES[i % n]} . {SENTENCES[i // n % n]}" for i in range(lines)) + "\n")
+    path.write_text("\n".join(f"{SENTENCES[i % n]} . {SENTENCES[i // n % n]}"
+                              for i in range(lines)) + "\n")
     return str(path)
 
 
@@ -68,7 +70,8 @@ def test_exported_mlm_fills_mask_in_a_fresh_process(scratch_run):
             ids = inputs["input_word_ids"].numpy()
             position = int(np.where(ids[0] == vocab.index(word))[0][0])
             ids[0, position] = vocab.index("[MASK]")
-            inputs = dict(inputs, input_word_ids=tf.constant(ids), masked_lm_positions=tf.constant([[position]]))
+            inputs = dict(inputs, input_word_ids=tf.constant(ids),
+                          masked_lm_positions=tf.constant([[position]]))
             logits = encoder.mlm(inputs)["mlm_logits"]
             print(sentence.replace(word, "[MASK]"), "->", vocab[int(tf.argmax(logits[0, 0]))])
     """)
@@ -82,9 +85,11 @@ def test_exported_mlm_fills_mask_in_a_fresh_process(scratch_run):
 def test_text_classifier_fine_tunes_the_pretrained_encoder(scratch_run, toy_csv, tmp_path):
     workdir, _ = scratch_run
     pair = (str(workdir / "export" / "encoder"), str(workdir / "export" / "preprocessor"))
-    result = run_python(toy_recipe_args(pair, toy_csv, tmp_path / "classifier", "--export.enabled=false"))
+    result = run_python(toy_recipe_args(pair, toy_csv, tmp_path / "classifier",
+                                        "--export.enabled=false"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads((tmp_path / "classifier" / "metrics.json").read_text())["test"]["accuracy"] >= 0.8
+    metrics = json.loads((tmp_path / "classifier" / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.8
 
 
 def test_continued_pretraining_of_a_bert_lowers_its_heldout_loss(toy_bert, tmp_path):
@@ -93,8 +98,9 @@ def test_continued_pretraining_of_a_bert_lowers_its_heldout_loss(toy_bert, tmp_p
     corpus.write_text("\n".join(" ".join(words[i % 5:] + words[:i % 5]) for i in range(300)))
     result = run_python(["-m", "recipes.bert_mlm_pretrain", f"--workdir={tmp_path / 'run'}",
                          f"--model.encoder={toy_bert[0]}", f"--model.preprocessor={toy_bert[1]}",
-                         f"--data.path={corpus}", "--data.heldout_fraction=0.2", "--model.seq_length=32",
-                         "--train.max_steps=30", "--train.global_batch_size=16", "--train.learning_rate=3e-3"])
+                         f"--data.path={corpus}", "--data.heldout_fraction=0.2",
+                         "--model.seq_length=32", "--train.max_steps=30",
+                         "--train.global_batch_size=16", "--train.learning_rate=3e-3"])
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     vocab = os.path.join(os.path.dirname(toy_bert[0]), "vocab.txt")

@@ -11,30 +11,32 @@ from tests.conftest import run_python
 
 @pytest.fixture(scope="module")
 def export_dir(toy_bert, tmp_path_factory):
-    from tfpretrain.encoders.bert import load_encoder
+    from tfpretrain.encoders.bert import load_bert_encoder
     from tfpretrain.export import export_text_classifier
     from tfpretrain.models import build_bert_classifier
 
-    loaded = load_encoder(*toy_bert)
+    loaded = load_bert_encoder(*toy_bert)
     path = str(tmp_path_factory.mktemp("predict") / "export")
-    return export_text_classifier(build_bert_classifier(loaded.layer, 3, seed=1), ["neg", "pos", "meh"],
-                                  path, loaded.preprocessor, 16)
+    return export_text_classifier(build_bert_classifier(loaded.layer, 3, seed=1),
+                                  ["neg", "pos", "meh"], path, loaded.preprocessor, 16)
 
 
 def test_table_json_and_file_inputs(export_dir, tmp_path):
     texts = ["good film", "bad plot", "Café 東京"]
-    expected = tf.saved_model.load(export_dir).signatures["serving_default"](text=tf.constant(texts))
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    expected = serve(text=tf.constant(texts))
     table = run_python(["-m", "tfpretrain.predict", "--model", export_dir, *texts], timeout=120)
     assert table.returncode == 0, table.stderr[-2000:]
     lines = table.stdout.strip().splitlines()
     assert lines[0].split() == ["input", "label", "probability"] and len(lines) == 4
-    for line, label, p in zip(lines[1:], expected["label"].numpy(), expected["probabilities"].numpy()):
+    for line, label, p in zip(lines[1:], expected["label"].numpy(),
+                              expected["probabilities"].numpy()):
         assert line.split()[-2:] == [label.decode(), f"{p.max():.4f}"]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
     result = run_python(["-m", "tfpretrain.predict", "--model", export_dir, "--file",
                          str(tmp_path / "texts.txt"), "--json", "--batch_size", "2"], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    records = [json.loads(l) for l in result.stdout.strip().splitlines()]
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [r["input"] for r in records] == texts
     assert all(sorted(r["probabilities"]) == ["meh", "neg", "pos"] for r in records)
     got = np.array([[r["probabilities"][k] for k in ("neg", "pos", "meh")] for r in records])
@@ -43,5 +45,6 @@ def test_table_json_and_file_inputs(export_dir, tmp_path):
 
 def test_bad_model_dir_is_one_line(tmp_path):
     result = run_python(["-m", "tfpretrain.predict", "--model", str(tmp_path), "text"], timeout=120)
-    assert result.returncode == 2 and "error: --model" in result.stderr and "no SavedModel" in result.stderr
+    assert (result.returncode == 2 and "error: --model" in result.stderr
+            and "no SavedModel" in result.stderr)
     assert "Traceback" not in result.stderr

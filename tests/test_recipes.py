@@ -37,25 +37,27 @@ def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
         assert info["accuracy"] == 1.0, variant
     assert (workdir / "tflite" / "vocab.txt").exists()
     report = (workdir / "report.md").read_text()
-    for section in ("## Data", "## Encoder", "## Hyper-parameters", "## Results", "### Per class (test)",
-                    "![confusion matrix](confusion_matrix.png)", "![learning curves](learning_curves.png)",
-                    "`predict_embeddings`", "### Serve it with TF Serving (REST)", "### TFLite",
+    for section in ("## Data", "## Encoder", "## Hyper-parameters", "## Results",
+                    "### Per class (test)", "![confusion matrix](confusion_matrix.png)",
+                    "![learning curves](learning_curves.png)", "`predict_embeddings`",
+                    "### Serve it with TF Serving (REST)", "### TFLite",
                     "`tflite/model_int8.tflite`", "## Reproduce"):
         assert section in report, section
     request = json.loads((workdir / "request.json").read_text())
     assert request["signature_name"] == "serving_default" and len(request["instances"]) == 2
-    line = [l for l in out.splitlines() if l.startswith("export check")][0]
+    line = [row for row in out.splitlines() if row.startswith("export check")][0]
     assert float(line.split("max abs diff ")[1].split()[0]) <= 1e-5
     # --config reruns the saved configuration (here: nothing left to train, it resumes at the end).
-    again = run_python(["-m", "recipes.bert_text_classifier", "--config", str(workdir / "config.json"),
-                        "--export.enabled=false"])
+    again = run_python(["-m", "recipes.bert_text_classifier", "--config",
+                        str(workdir / "config.json"), "--export.enabled=false"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resuming from" in again.stdout
 
 
 def test_saved_model_cli_shows_a_string_input(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
-    assert run_python(toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=1")).returncode == 0
+    assert run_python(toy_recipe_args(toy_bert, toy_csv, workdir,
+                                      "--train.epochs=1")).returncode == 0
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run([cli, "show", "--dir", str(workdir / "export"), "--all"],
                            capture_output=True, text=True)
@@ -69,8 +71,8 @@ def test_saved_model_cli_shows_a_string_input(toy_bert, toy_csv, tmp_path):
 @pytest.mark.slow  # 75 s; the kill matrix covers kill -9 at many more moments
 def test_kill_9_mid_training_then_rerun_resumes(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
-    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=40", "--train.checkpoint_every=5",
-                     "--export.enabled=false")
+    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=40",
+                           "--train.checkpoint_every=5", "--export.enabled=false")
     env = dict(os.environ, PYTHONPATH=ROOT)
     process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -84,7 +86,7 @@ def test_kill_9_mid_training_then_rerun_resumes(toy_bert, toy_csv, tmp_path):
     assert not (workdir / "metrics.json").exists()
     result = run_python(args)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = [l for l in result.stdout.splitlines() if l.startswith("Resuming from")]
+    resumed = [line for line in result.stdout.splitlines() if line.startswith("Resuming from")]
     assert resumed and "step 0" not in resumed[0]
     assert json.loads((workdir / "metrics.json").read_text())["steps"] == 240
 
@@ -99,7 +101,7 @@ def test_kill_9_mid_training_then_rerun_resumes(toy_bert, toy_csv, tmp_path):
 def test_bad_input_gets_one_line_and_exit_2(toy_bert, toy_csv, tmp_path, extra, message):
     result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run", *extra), timeout=120)
     assert result.returncode == 2
-    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
@@ -108,16 +110,19 @@ def test_bad_input_gets_one_line_and_exit_2(toy_bert, toy_csv, tmp_path, extra, 
 def test_empty_split_is_an_error(toy_bert, toy_csv, tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("text,label\n")
-    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run", f"--data.test_file={empty}"))
+    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run",
+                                        f"--data.test_file={empty}"))
     assert result.returncode == 2 and "has no rows" in result.stderr
 
 
-@pytest.mark.parametrize("recipe, flag", [("bert_text_classifier", "--model.encoder=minilm_l6 "),
-                                          ("use_text_classifier", "--model.encoder=minilm_l6_sentence "),
-                                          ("embed", "--encoder=minilm_l6_sentence "),
-                                          ("resnet_pretrain", "--export.preset=digits_resnet "),
-                                          ("resnet_image_classifier", "--model.encoder=digits_resnet "),
-                                          ("bert_mlm_pretrain", "--model.whole_word=False ")])
+@pytest.mark.parametrize("recipe, flag", [
+    ("bert_text_classifier", "--model.encoder=minilm_l6 "),
+    ("use_text_classifier", "--model.encoder=minilm_l6_sentence "),
+    ("embed", "--encoder=minilm_l6_sentence "),
+    ("resnet_pretrain", "--export.preset=digits_resnet "),
+    ("resnet_image_classifier", "--model.encoder=digits_resnet "),
+    ("bert_mlm_pretrain", "--model.whole_word=False "),
+])
 def test_help_lists_flags(recipe, flag):
     result = run_python(["-m", f"recipes.{recipe}", "--help"], timeout=120)
     assert result.returncode == 0
@@ -125,45 +130,52 @@ def test_help_lists_flags(recipe, flag):
 
 
 def _use_args(encoder, toy_csv, workdir, *extra):
-    return ["-m", "recipes.use_text_classifier", f"--workdir={workdir}", f"--model.encoder={encoder}",
-            f"--data.train_file={toy_csv['train']}", f"--data.validation_file={toy_csv['validation']}",
+    return ["-m", "recipes.use_text_classifier", f"--workdir={workdir}",
+            f"--model.encoder={encoder}", f"--data.train_file={toy_csv['train']}",
+            f"--data.validation_file={toy_csv['validation']}",
             f"--data.test_file={toy_csv['test']}", "--train.global_batch_size=8", *extra]
 
 
 def _export_difference(out):
-    line = [l for l in out.splitlines() if l.startswith("export check")][0]
+    line = [row for row in out.splitlines() if row.startswith("export check")][0]
     return float(line.split("max abs diff ")[1].split()[0])
 
 
 def test_use_text_classifier_frozen_caches_embeddings_across_runs(toy_use, toy_csv, tmp_path):
     toy_csv["test"] = write_csv(tmp_path / "test.csv", TOY_ROWS[::-1])  # not the validation data
-    first = run_python(_use_args(toy_use["from_bert"], toy_csv, tmp_path / "a", "--train.head_epochs=40"))
+    first = run_python(_use_args(toy_use["from_bert"], toy_csv, tmp_path / "a",
+                                 "--train.head_epochs=40"))
     assert first.returncode == 0, first.stderr[-3000:]
     assert first.stdout.count(": cached embeddings (") == 3 and "reusing" not in first.stdout
-    assert "training the head on cached embeddings: replicas 1 | global batch 8 | steps/epoch 6 | total " \
-           "steps 240" in first.stdout and "end to end" not in first.stdout
+    assert ("training the head on cached embeddings: replicas 1 | global batch 8 | "
+            "steps/epoch 6 | total steps 240" in first.stdout
+            and "end to end" not in first.stdout)
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert metrics["test"]["accuracy"] == 1.0 and metrics["label_names"] == ["neg", "pos"]
     assert _export_difference(first.stdout) <= 1e-5
     saved = json.loads((tmp_path / "a" / "config.json").read_text())
     assert (saved["train"]["head_epochs"], saved["train"]["head_learning_rate"]) == (40, 1e-3)
     # A different head reuses every split's embeddings.
-    second = run_python(_use_args(toy_use["from_bert"], toy_csv, tmp_path / "b", "--train.head_epochs=40",
-                                  "--model.hidden_units=", "--model.dropout=0"))
+    second = run_python(_use_args(toy_use["from_bert"], toy_csv, tmp_path / "b",
+                                  "--train.head_epochs=40", "--model.hidden_units=",
+                                  "--model.dropout=0"))
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("reusing cached embeddings") == 3
 
 
 @pytest.mark.parametrize("variant", ["call", "signature"])
-def test_use_text_classifier_takes_any_strings_to_vectors_model(toy_use, toy_csv, tmp_path, variant):
-    result = run_python(_use_args(toy_use[variant], toy_csv, tmp_path / "run", "--train.head_epochs=2"))
+def test_use_text_classifier_takes_any_strings_to_vectors_model(toy_use, toy_csv, tmp_path,
+                                                                variant):
+    result = run_python(_use_args(toy_use[variant], toy_csv, tmp_path / "run",
+                                  "--train.head_epochs=2"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dim 8" in result.stdout and _export_difference(result.stdout) <= 1e-5
 
 
 def test_use_text_classifier_fine_tunes_end_to_end(toy_use, toy_csv, tmp_path):
-    result = run_python(_use_args(toy_use["from_bert"], toy_csv, tmp_path / "run", "--model.trainable=true",
-                                  "--train.head_epochs=2", "--train.epochs=2", "--train.learning_rate=1e-3"))
+    result = run_python(_use_args(toy_use["from_bert"], toy_csv, tmp_path / "run",
+                                  "--model.trainable=true", "--train.head_epochs=2",
+                                  "--train.epochs=2", "--train.learning_rate=1e-3"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "training the head on cached embeddings" in result.stdout
     assert "training the model end to end" in result.stdout
@@ -176,7 +188,8 @@ def test_use_text_classifier_fine_tunes_end_to_end(toy_use, toy_csv, tmp_path):
 def test_use_text_classifier_rejects_a_bert_encoder(toy_bert, toy_csv, tmp_path):
     result = run_python(_use_args(toy_bert[0], toy_csv, tmp_path / "run"))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ") and "strings" in result.stderr
+    assert (result.stderr.strip().splitlines()[-1].startswith("error: ")
+            and "strings" in result.stderr)
     assert "Traceback" not in result.stderr
 
 
@@ -185,7 +198,8 @@ def test_embed_writes_npy_metadata_and_projector_files(toy_use, tmp_path):
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n\n", encoding="utf-8")
     out = tmp_path / "emb"
     result = run_python(["-m", "recipes.embed", f"--encoder={toy_use['call']}",
-                         f"--text_file={tmp_path / 'texts.txt'}", f"--output={out}", "--projector=true"])
+                         f"--text_file={tmp_path / 'texts.txt'}", f"--output={out}",
+                         "--projector=true"])
     assert result.returncode == 0, result.stderr[-3000:]
     embeddings = np.load(out / "embeddings.npy")
     assert embeddings.shape == (3, 8) and embeddings.dtype == np.float32
@@ -196,7 +210,8 @@ def test_embed_writes_npy_metadata_and_projector_files(toy_use, tmp_path):
         "good film", "bad plot with a tab", "Café 東京"]
     assert 'tensor_path: "tensors.tsv"' in (out / "projector_config.pbtxt").read_text()
     assert np.loadtxt(out / "tensors.tsv", delimiter="\t").shape == (3, 8)
-    missing = run_python(["-m", "recipes.embed", f"--encoder={toy_use['call']}", "--text_file=/no/file"])
+    missing = run_python(["-m", "recipes.embed", f"--encoder={toy_use['call']}",
+                          "--text_file=/no/file"])
     assert missing.returncode == 2 and "error: --text_file /no/file: no such file" in missing.stderr
 
 

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import ROOT, TOY_ROWS, run_python, toy_recipe_args, write_csv
-from tfpretrain import zoo
+from tfpretrain import converters, zoo
 
 
 def _weights(workdir):
@@ -32,7 +32,8 @@ def _same_weights(a, b):
 
 
 def _popen(args):
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -40,8 +41,8 @@ def _popen(args):
 def test_same_seed_is_bit_identical_and_another_seed_differs(toy_bert, toy_csv, tmp_path):
     runs = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
-        result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / name, f"--train.seed={seed}",
-                                            "--export.enabled=false"))
+        result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / name,
+                                            f"--train.seed={seed}", "--export.enabled=false"))
         assert result.returncode == 0, result.stderr[-2000:]
         runs[name] = (_weights(tmp_path / name), (tmp_path / name / "metrics.json").read_bytes())
     assert _same_weights(runs["a"][0], runs["b"][0]) and runs["a"][1] == runs["b"][1]
@@ -51,8 +52,8 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(toy_bert, toy_csv, 
 @pytest.mark.slow  # 90 s
 def test_sigterm_checkpoints_exits_143_and_the_rerun_resumes(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
-    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=60", "--train.checkpoint_every=100000",
-                           "--export.enabled=false")
+    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=60",
+                           "--train.checkpoint_every=100000", "--export.enabled=false")
     process = _popen(args)
     for line in process.stdout:  # wait until it is training
         if line.lstrip().startswith("epoch"):
@@ -73,8 +74,8 @@ def test_sigterm_checkpoints_exits_143_and_the_rerun_resumes(toy_bert, toy_csv, 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
-    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.max_steps=20", "--train.checkpoint_every=5",
-                           "--export.enabled=false")
+    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.max_steps=20",
+                           "--train.checkpoint_every=5", "--export.enabled=false")
     assert run_python(args).returncode == 0
     finished = _weights(workdir)
     checkpoints = workdir / "checkpoints"
@@ -98,10 +99,13 @@ def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_cs
     each followed by the same command; the end state equals an uninterrupted run's."""
     extra = ("--train.epochs=40", "--train.checkpoint_every=3", "--train.eval_every=4")
     started = time.time()
-    assert run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "reference", *extra)).returncode == 0
+    assert run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "reference",
+                                      *extra)).returncode == 0
     duration = time.time() - started
-    reference = (_weights(tmp_path / "reference"), (tmp_path / "reference" / "metrics.json").read_bytes())
-    train_seconds = json.loads((tmp_path / "reference" / "timing.json").read_text())["train_seconds"]
+    reference = (_weights(tmp_path / "reference"),
+                 (tmp_path / "reference" / "metrics.json").read_bytes())
+    timing = json.loads((tmp_path / "reference" / "timing.json").read_text())
+    train_seconds = timing["train_seconds"]
     total_steps = json.loads(reference[1])["steps"]
     workdir = tmp_path / "killed"
     args = toy_recipe_args(toy_bert, toy_csv, workdir, *extra)
@@ -115,7 +119,8 @@ def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_cs
         reader = threading.Thread(target=lambda p=process: lines.extend(p.stdout))
         reader.start()
         waited = time.time()  # kill after start-up: once the run has said where it starts
-        while not any(l.startswith("replicas") for l in lines) and process.poll() is None:
+        while (not any(line.startswith("replicas") for line in lines)
+               and process.poll() is None):
             assert time.time() - waited < 300, "no start-up line within 300 s"
             time.sleep(0.05)
         # A random moment of what is left: training, checkpoint writes, evaluation, test, export.
@@ -131,7 +136,7 @@ def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_cs
         process.wait()
         reader.join()
         kills += 1
-        starts = [l for l in lines if l.startswith("Resuming from")]
+        starts = [line for line in lines if line.startswith("Resuming from")]
         eligible += bool(latest)
         if latest and starts:  # each run resumes from the newest checkpoint on disk
             assert starts[0].startswith(f"Resuming from {latest} "), (latest, starts[0])
@@ -146,9 +151,9 @@ def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_cs
     assert json.loads(reference[1])["steps"] == 240
 
 
-@pytest.mark.parametrize("case", ["not_saved_model", "vocab_mismatch", "too_long", "bad_utf8_error",
-                                  "label_out_of_range", "single_class", "unwritable_workdir",
-                                  "bad_choice"])
+@pytest.mark.parametrize("case", ["not_saved_model", "vocab_mismatch", "too_long",
+                                  "bad_utf8_error", "label_out_of_range", "single_class",
+                                  "unwritable_workdir", "bad_choice"])
 def test_bad_input_matrix(toy_bert, toy_csv, tmp_path, case):
     extra, message = [], ""
     if case == "not_saved_model":
@@ -157,14 +162,16 @@ def test_bad_input_matrix(toy_bert, toy_csv, tmp_path, case):
     elif case == "vocab_mismatch":
         from tfpretrain.encoders.toy import TOY_WORDS, export_toy_bert
 
-        bigger = export_toy_bert(str(tmp_path / "bigger"), words=TOY_WORDS + [f"w{i}" for i in range(300)])
+        bigger = export_toy_bert(str(tmp_path / "bigger"),
+                                 words=TOY_WORDS + [f"w{i}" for i in range(300)])
         extra, message = [f"--model.preprocessor={bigger[1]}"], "vocabulary but encoder"
     elif case == "too_long":
         extra, message = ["--model.seq_length=100000"], "longer than encoder"
     elif case == "bad_utf8_error":
         path = tmp_path / "bad.csv"
         path.write_bytes(b"text,label\ngood film,pos\nbad \xff\xfe plot,neg\n" * 4)
-        extra, message = [f"--data.train_file={path}", "--data.invalid_utf8=error"], "line 3: invalid UTF-8"
+        extra, message = ([f"--data.train_file={path}", "--data.invalid_utf8=error"],
+                          "line 3: invalid UTF-8")
     elif case == "label_out_of_range":
         test = write_csv(tmp_path / "t.csv", [("good film", "maybe")])
         extra, message = [f"--data.test_file={test}"], "row 2: label 'maybe' is not one of"
@@ -180,29 +187,31 @@ def test_bad_input_matrix(toy_bert, toy_csv, tmp_path, case):
     result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run", *extra), timeout=120)
     assert time.time() - started < 30
     assert result.returncode == 2, result.stderr[-2000:]
-    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "export").exists()
+    assert (not (tmp_path / "run" / "metrics.json").exists()
+            and not (tmp_path / "run" / "export").exists())
 
 
 def test_invalid_utf8_is_replaced_and_counted_by_default(toy_bert, toy_csv, tmp_path):
     path = tmp_path / "bad.csv"
     path.write_bytes(b"text,label\n" + b"good \xff film,pos\nbad plot,neg\n" * 8)
-    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run", f"--data.train_file={path}",
-                                        "--train.epochs=1", "--export.enabled=false"))
+    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run",
+                                        f"--data.train_file={path}", "--train.epochs=1",
+                                        "--export.enabled=false"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"warning: {path}: replaced 8 invalid UTF-8 sequence(s)" in result.stderr
 
 
 def test_serving_rejects_the_wrong_dtype_clearly(toy_bert, tmp_path):
-    from tfpretrain.encoders.bert import load_encoder
+    from tfpretrain.encoders.bert import load_bert_encoder
     from tfpretrain.export import export_text_classifier
     from tfpretrain.models import build_bert_classifier
 
-    loaded = load_encoder(*toy_bert)
-    export_text_classifier(build_bert_classifier(loaded.layer, 2), ["neg", "pos"], str(tmp_path / "e"),
-                           loaded.preprocessor, 16)
+    loaded = load_bert_encoder(*toy_bert)
+    export_text_classifier(build_bert_classifier(loaded.layer, 2), ["neg", "pos"],
+                           str(tmp_path / "e"), loaded.preprocessor, 16)
     serve = tf.saved_model.load(str(tmp_path / "e")).signatures["serving_default"]
     with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="string"):
         serve(text=tf.constant([1.0, 2.0]))
@@ -212,7 +221,8 @@ def test_serving_rejects_the_wrong_dtype_clearly(toy_bert, tmp_path):
     for root, _, names in os.walk(tmp_path / "e"):
         for name in names:
             content = open(os.path.join(root, name), "rb").read()
-            assert str(tmp_path).encode() not in content and toy_bert[1].encode() not in content, name
+            assert (str(tmp_path).encode() not in content
+                    and toy_bert[1].encode() not in content), name
 
 
 @pytest.mark.parametrize("member", ["gt/model/../../evil.txt", "/etc/evil", "gt/model/link"])
@@ -226,8 +236,10 @@ def test_zoo_refuses_archive_members_that_escape(tmp_path, member):
             z.writestr(info, "/etc/passwd")
         else:
             z.writestr(info, "x")
-    with zipfile.ZipFile(archive) as z, pytest.raises(zoo.PresetError, match="refusing archive member"):
-        zoo.extract_members(z, "gt/model/" if member.startswith("gt") else "/", str(tmp_path / "out"))
+    with zipfile.ZipFile(archive) as z, pytest.raises(zoo.PresetError,
+                                                      match="refusing archive member"):
+        converters.extract_members(z, "gt/model/" if member.startswith("gt") else "/",
+                            str(tmp_path / "out"))
     assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "out").exists()
 
 
@@ -237,7 +249,8 @@ def test_nothing_in_the_package_unpickles():
             for name in (n for n in names if n.endswith(".py")):
                 source = open(os.path.join(root, name), encoding="utf-8").read()
                 assert "pickle" not in source and "allow_pickle=True" not in source, name
-                assert "yaml.load(" not in source and "eval(" not in source.replace("_eval(", ""), name
+                assert ("yaml.load(" not in source
+                        and "eval(" not in source.replace("_eval(", "")), name
 
 
 def test_a_full_disk_is_one_line_not_a_traceback(toy_bert, toy_csv, tmp_path):
@@ -251,6 +264,6 @@ def test_a_full_disk_is_one_line_not_a_traceback(toy_bert, toy_csv, tmp_path):
     finally:
         subprocess.run(["umount", str(tiny)], capture_output=True)
     assert result.returncode == 2, result.stderr[-2000:]
-    lines = [l for l in result.stderr.strip().splitlines() if l.startswith("error:")]
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr

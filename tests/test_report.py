@@ -27,7 +27,9 @@ def test_plots_are_sized_for_their_content(tmp_path):
     big_h, big_w = matplotlib.image.imread(tmp_path / "cm.png").shape[:2]
     small_h, small_w = matplotlib.image.imread(small).shape[:2]
     assert big_h > small_h and big_w > small_w  # 12 class names need more room than 2
-    history = [{"step": 10, "accuracy": 0.9, "loss": 0.3}, {"step": 20, "accuracy": 0.95, "loss": 0.2}]
-    report.plot_learning_curves([(s, 1.0 / s) for s in range(1, 21)], history, tmp_path / "lc.png", 10)
+    history = [{"step": 10, "accuracy": 0.9, "loss": 0.3},
+               {"step": 20, "accuracy": 0.95, "loss": 0.2}]
+    report.plot_learning_curves([(s, 1.0 / s) for s in range(1, 21)], history,
+                                tmp_path / "lc.png", 10)
     height, width = matplotlib.image.imread(tmp_path / "lc.png").shape[:2]
     assert width > 2 * height  # two panels side by side

@@ -4,8 +4,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfpretrain.encoders.bert import load_encoder
-from tfpretrain.encoders.sentence import SentenceEncoderError, load_embeddings, load_sentence_encoder
+from tfpretrain.encoders.bert import load_bert_encoder
+from tfpretrain.encoders.sentence import (
+    SentenceEncoderError,
+    load_embeddings,
+    load_sentence_encoder,
+)
 from tfpretrain.export import serve_in_fresh_process
 
 TEXTS = ["good movie", "the worst plot", "Café ß 東京 🍕 https://x.org", "", "fun " * 40]
@@ -21,12 +25,13 @@ def test_every_variant_loads_as_a_strings_to_vectors_layer(toy_use, variant):
 
 
 def test_sentence_export_of_a_bert_pair_is_its_mean_pooled_normalised_output(toy_bert, toy_use):
-    bert = load_encoder(*toy_bert, seq_length=32)
+    bert = load_bert_encoder(*toy_bert, seq_length=32)
     inputs = bert.preprocessor.bert_pack_inputs([bert.preprocessor.tokenize(tf.constant(TEXTS))],
                                                 seq_length=32)
     sequence = bert.layer(inputs)["sequence_output"]
     mask = tf.cast(inputs["input_mask"], tf.float32)[..., None]
-    expected = tf.math.l2_normalize(tf.reduce_sum(sequence * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1e-9), -1)
+    expected = tf.math.l2_normalize(
+        tf.reduce_sum(sequence * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1e-9), -1)
     model = tf.saved_model.load(toy_use["from_bert"])
     assert np.abs(model(tf.constant(TEXTS)).numpy() - expected.numpy()).max() <= 1e-6
     # Loadable with only tensorflow + tensorflow_text, through the USE signature names.
@@ -40,11 +45,13 @@ def test_fine_tuning_changes_the_saved_models_own_variables(toy_use):
     encoder = load_sentence_encoder(toy_use["call"], trainable=True)
     before = [w.numpy().copy() for w in encoder.layer.trainable_weights]
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(encoder.layer(tf.constant(["good film", "bad plot"]), training=True) ** 2)
+        loss = tf.reduce_sum(
+            encoder.layer(tf.constant(["good film", "bad plot"]), training=True) ** 2)
     grads = tape.gradient(loss, encoder.layer.trainable_weights)
     for weight, grad in zip(encoder.layer.trainable_weights, grads):
         weight.assign_sub(grad)
-    assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, encoder.layer.trainable_weights))
+    assert any(not np.allclose(b, w.numpy())
+               for b, w in zip(before, encoder.layer.trainable_weights))
     frozen = load_sentence_encoder(toy_use["call"])
     assert not frozen.layer.trainable_weights
 

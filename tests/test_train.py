@@ -2,17 +2,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tfpretrain.checkpoints import TrainingError
 from tfpretrain.config import TrainConfig
 from tfpretrain.distribute import build_strategy, per_replica_batch_size
-from tfpretrain.encoders.bert import load_encoder
+from tfpretrain.encoders.bert import load_bert_encoder
 from tfpretrain.models import build_bert_classifier
-from tfpretrain.train import TrainingError, WarmupLinearDecay, build_optimizer, fit
+from tfpretrain.optimizers import WarmupLinearDecay, build_optimizer
+from tfpretrain.train import fit
 
 
 def _setup(toy_bert, learning_rate=1e-2):
     strategy = build_strategy("one_device")
     with strategy.scope():
-        loaded = load_encoder(*toy_bert, trainable=True)
+        loaded = load_bert_encoder(*toy_bert, trainable=True)
         model = build_bert_classifier(loaded.layer, 2)
         optimizer = build_optimizer(TrainConfig(learning_rate=learning_rate), total_steps=8)
     x = loaded.preprocessor(tf.constant(["good fun", "bad awful", "love best", "hate worst"]))
@@ -46,7 +48,9 @@ def test_fit_learns_and_checkpoints(toy_bert, tmp_path):
 def test_nan_loss_stops_with_the_step_and_last_checkpoint(toy_bert, tmp_path):
     strategy, model, optimizer, data = _setup(toy_bert, learning_rate=1e30)
     config = TrainConfig(epochs=50, checkpoint_every=1, clip_norm=0, warmup_fraction=0)
-    with pytest.raises(TrainingError, match=r"loss became (nan|inf) at step \d+; stopped\. The last good checkpoint is .*ckpt-\d+"):
+    with pytest.raises(TrainingError,
+                       match=r"loss became (nan|inf) at step \d+; stopped\. "
+                             r"The last good checkpoint is .*ckpt-\d+"):
         fit(model, optimizer, lambda epoch, skip: data, 1, config, strategy, str(tmp_path))
 
 
@@ -66,7 +70,8 @@ def test_early_stopping_and_best_weights(toy_bert, tmp_path):
         return {"accuracy": next(scores)}
 
     config = TrainConfig(epochs=6, early_stopping_patience=2)
-    state = fit(model, optimizer, lambda epoch, skip: data, 1, config, strategy, str(tmp_path), evaluate)
+    state = fit(model, optimizer, lambda epoch, skip: data, 1, config, strategy, str(tmp_path),
+                evaluate)
     assert state.stopped_early and state.step == 4
     assert state.best["accuracy"] == 0.9 and state.best["step"] == 2
     # The model ends with the weights of the best evaluation, not the last.
@@ -80,9 +85,11 @@ def test_fused_adamw_takes_the_same_steps_as_keras_adamw():
 
     rng = np.random.default_rng(0)
     start = rng.normal(size=(5, 3)).astype("float32")
-    gradients = [tf.constant(rng.normal(size=(5, 3)).astype("float32") * (step + 1)) for step in range(5)]
+    gradients = [tf.constant(rng.normal(size=(5, 3)).astype("float32") * (step + 1))
+                 for step in range(5)]
     results = []
-    for optimizer in (keras.optimizers.AdamW(1e-2, weight_decay=0.01), FusedAdamW(1e-2, weight_decay=0.01)):
+    for optimizer in (keras.optimizers.AdamW(1e-2, weight_decay=0.01),
+                      FusedAdamW(1e-2, weight_decay=0.01)):
         variable = keras.Variable(start)
         for gradient in gradients:
             optimizer.apply_gradients([(gradient, variable)])

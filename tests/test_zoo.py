@@ -37,7 +37,8 @@ def test_minilm_l6_matches_sentence_transformers():
     inputs = pre.bert_pack_inputs([pre.tokenize(tf.constant(texts))], seq_length=256)
     for i, sentence in enumerate(reference["sentences"]):
         n = int(inputs["input_mask"][i].numpy().sum())
-        assert inputs["input_word_ids"][i, :n].numpy().tolist() == sentence["token_ids"], sentence["text"]
+        assert (inputs["input_word_ids"][i, :n].numpy().tolist()
+                == sentence["token_ids"]), sentence["text"]
     out = enc(inputs, training=False)
     mask = tf.cast(inputs["input_mask"], tf.float32)[..., None]
     mean = tf.reduce_sum(out["sequence_output"] * mask, 1) / tf.reduce_sum(mask, 1)

@@ -1,84 +1,138 @@
 """tfpretrain: transfer learning on TensorFlow 2.21 + Keras 3.
 
-Public API (see README.md):
-    load_encoder, HubLayer, load_saved_model, resolve_handle   — pretrained encoders
-    load_sentence_encoder, embed_texts, load_embeddings        — sentence encoders (USE-style)
-    load_image_encoder                                         — image feature vectors
+Public API (see README.md); recipes reach the library only through ``import tfpretrain as tp``:
+    load_bert_encoder, HubLayer, load_saved_model, resolve_handle   — pretrained encoders
+    load_sentence_encoder, embed_texts, load_embeddings             — sentence encoders (USE-style)
+    load_image_encoder, scale_to_unit_range                         — image feature vectors
     build_bert_classifier, build_sentence_classifier, build_image_classifier,
-    build_classification_head, feature_extractor               — models
-    make_text_datasets, tokenize_texts, make_batches, pack_texts,
-    count_examples                                             — data
-    start_run, build_strategy, fit, build_optimizer, set_seed,
-    set_precision, describe_precision, is_chief               — training
-    evaluate_classifier, classification_metrics, format_report,
-    print_summary, write_report                                — evaluation and reports
-    export_text_classifier, serve_in_fresh_process, check_export — export
-    export_bert_encoder, export_bert_preprocessor,
-    export_sentence_encoder                                    — TF Hub-format writers
+    build_resnet_classifier, build_classification_head, feature_extractor — models
+    SingleLabelClassification                                       — task types
+    TextDataConfig, ImageDataConfig, MlmDataConfig, make_text_datasets, make_corpus,
+    tokenize_texts, make_batches, pack_texts, count_examples        — data
+    Run, Export, start_run, set_seed, count_parameters              — the run seam
+    build_strategy, fit, build_optimizer, set_precision, describe_precision, is_chief — training
+    write_report                                                    — reports
+    export_text_classifier, export_image_classifier, serve_in_fresh_process, check_export
+    export_bert_encoder, export_bert_preprocessor, export_sentence_encoder,
+    export_image_encoder                                            — TF Hub-format writers
+Modules: tp.config (options, sections, recipe_config), tp.cli, tp.files, tp.zoo (presets),
+tp.images (image data), tp.mlm (masked-LM pretraining), tp.report, tp.tflite.
 """
 
-from tfpretrain.config import EmbedConfig, SentenceClassifierConfig, TextClassifierConfig
+from tfpretrain import cli, config, files, report, tflite, zoo
+from tfpretrain.checkpoints import Preempted, TrainingError
+from tfpretrain.data import images
+from tfpretrain.data.corpus import MlmDataConfig, make_corpus
+from tfpretrain.data.images import ImageDataConfig
 from tfpretrain.data.pipeline import count_examples, make_batches, pack_texts, tokenize_texts
-from tfpretrain.data.text import make_text_datasets
-from tfpretrain.distribute import (build_strategy, describe_precision, is_chief, per_replica_batch_size,
-                                   set_precision)
-from tfpretrain.encoders.bert import load_encoder
-from tfpretrain.encoders.image import load_image_encoder
+from tfpretrain.data.text import TextDataConfig, make_text_datasets
+from tfpretrain.distribute import (
+                                   build_strategy,
+                                   describe_precision,
+                                   is_chief,
+                                   per_replica_batch_size,
+                                   set_precision,
+)
+from tfpretrain.encoders.bert import load_bert_encoder, load_encoder
+from tfpretrain.encoders.image import load_image_encoder, scale_to_unit_range
 from tfpretrain.encoders.sentence import embed_texts, load_embeddings, load_sentence_encoder
-from tfpretrain.evaluate import classification_metrics, evaluate_classifier, format_report, print_summary
-from tfpretrain.export import check_export, export_text_classifier, serve_in_fresh_process
+from tfpretrain.export import (
+                                   check_export,
+                                   export_image_classifier,
+                                   export_text_classifier,
+                                   serve_in_fresh_process,
+)
 from tfpretrain.heads import build_classification_head
 from tfpretrain.hub import HubLayer, load_saved_model, resolve_handle
-from tfpretrain.hub_format import export_bert_encoder, export_bert_preprocessor, export_sentence_encoder
-from tfpretrain.models import (build_bert_classifier, build_image_classifier, build_sentence_classifier,
-                               feature_extractor)
+from tfpretrain.hub_export import (
+                                   export_bert_encoder,
+                                   export_bert_preprocessor,
+                                   export_image_encoder,
+                                   export_sentence_encoder,
+)
+from tfpretrain.models import (
+                                   build_bert_classifier,
+                                   build_image_classifier,
+                                   build_resnet_classifier,
+                                   build_sentence_classifier,
+                                   feature_extractor,
+)
+from tfpretrain.optimizers import build_optimizer
+from tfpretrain.pretrain import mlm
+from tfpretrain.pretrain.scratch import build_new_bert
 from tfpretrain.report import write_report
-from tfpretrain.train import Preempted, TrainingError, build_optimizer, fit, set_seed, start_run
+from tfpretrain.run import Export, Run, count_parameters, set_seed, start_run
+from tfpretrain.tasks.classification import (
+                                   SingleLabelClassification,
+                                   classification_metrics,
+                                   evaluate_classifier,
+                                   format_report,
+)
+from tfpretrain.train import TrainState, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EmbedConfig",
+    "Export",
     "HubLayer",
+    "ImageDataConfig",
+    "MlmDataConfig",
     "Preempted",
+    "Run",
+    "SingleLabelClassification",
+    "TextDataConfig",
+    "TrainState",
     "TrainingError",
-    "SentenceClassifierConfig",
-    "TextClassifierConfig",
     "build_bert_classifier",
-    "build_image_classifier",
     "build_classification_head",
+    "build_image_classifier",
+    "build_new_bert",
     "build_optimizer",
+    "build_resnet_classifier",
     "build_sentence_classifier",
     "build_strategy",
-    "describe_precision",
     "check_export",
     "classification_metrics",
+    "cli",
+    "config",
     "count_examples",
+    "count_parameters",
+    "describe_precision",
     "embed_texts",
     "evaluate_classifier",
     "export_bert_encoder",
     "export_bert_preprocessor",
+    "export_image_classifier",
+    "export_image_encoder",
     "export_sentence_encoder",
     "export_text_classifier",
     "feature_extractor",
+    "files",
     "fit",
     "format_report",
+    "images",
+    "is_chief",
+    "load_bert_encoder",
     "load_embeddings",
-    "load_encoder",
+    "load_encoder",  # deprecated alias of load_bert_encoder, kept for one release
     "load_image_encoder",
     "load_saved_model",
     "load_sentence_encoder",
     "make_batches",
+    "make_corpus",
     "make_text_datasets",
+    "mlm",
     "pack_texts",
     "per_replica_batch_size",
-    "is_chief",
-    "set_precision",
-    "start_run",
-    "print_summary",
+    "report",
     "resolve_handle",
+    "scale_to_unit_range",
     "serve_in_fresh_process",
+    "set_precision",
     "set_seed",
+    "start_run",
+    "tflite",
     "tokenize_texts",
     "write_report",
+    "zoo",
 ]

@@ -1,11 +1,14 @@
 """What makes a run restartable: its errors, SIGTERM handling, checkpoint restore with fallback,
 and the evaluation history kept beside the checkpoints."""
 
+from __future__ import annotations
+
 import json
 import os
 import signal
 import sys
 import threading
+from typing import Any
 
 import tensorflow as tf
 
@@ -18,7 +21,8 @@ class TrainingError(RuntimeError):
 class Preempted(RuntimeError):
     """SIGTERM arrived (a scheduler preempting the job): a checkpoint was saved, rerun to resume.
 
-    Command-line entry points exit with ``exit_code`` (143 = 128 + SIGTERM, what schedulers expect).
+    Command-line entry points exit with ``exit_code`` (143 = 128 + SIGTERM, what schedulers
+    expect).
     """
 
     exit_code = 143
@@ -27,11 +31,11 @@ class Preempted(RuntimeError):
 class SigtermFlag:
     """Records SIGTERM instead of dying, so the loop can finish its step and checkpoint."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.raised = False
         self._previous = None
 
-    def __enter__(self):
+    def __enter__(self) -> SigtermFlag:
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
@@ -39,12 +43,13 @@ class SigtermFlag:
     def _handle(self, signum, frame):
         self.raised = True
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def restore_newest(checkpoint, manager):
+def restore_newest(checkpoint: tf.train.Checkpoint,
+                   manager: tf.train.CheckpointManager) -> str | None:
     """Restores the newest readable checkpoint; returns its path (None: none to restore).
 
     A truncated or corrupt newest checkpoint (a crash mid-write, a bad disk) falls back to the
@@ -55,21 +60,23 @@ def restore_newest(checkpoint, manager):
         try:
             checkpoint.restore(path).expect_partial()
             return path
-        except Exception as error:  # noqa: BLE001  (a bad file fails in many ways: DataLoss, IndexError, ...)
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # A bad file fails in many ways: DataLoss, IndexError, ...
+        except Exception as error:  # noqa: BLE001
+            first = (str(error).strip().splitlines()[0] if str(error).strip()
+                     else type(error).__name__)
             print(f"warning: checkpoint {path} is unreadable ({first}); trying an older one",
                   file=sys.stderr, flush=True)
     if manager.checkpoints:
-        raise TrainingError(f"no readable checkpoint in {manager.directory}; delete that directory "
-                            "to start the run over")
+        raise TrainingError(f"no readable checkpoint in {manager.directory}; delete that "
+                            "directory to start the run over")
     return None
 
 
-def history_path(workdir):
+def history_path(workdir: str) -> str:
     return os.path.join(workdir, "logs", "eval_history.jsonl")
 
 
-def load_history(workdir):
+def load_history(workdir: str) -> list[dict[str, Any]]:
     path = history_path(workdir)
     if not os.path.exists(path):
         return []
@@ -78,8 +85,10 @@ def load_history(workdir):
     return list({record["step"]: record for record in records}.values())
 
 
-def log_evaluation(workdir, record, writer):
-    printable = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+def log_evaluation(workdir: str, record: dict[str, Any],
+                   writer: tf.summary.SummaryWriter) -> None:
+    printable = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in record.items())
     print(f"  validation: {printable}", flush=True)
     os.makedirs(os.path.dirname(history_path(workdir)), exist_ok=True)
     with open(history_path(workdir), "a") as f:

@@ -1,8 +1,12 @@
 """What every command-line entry point shares: --help, --debug, one-line errors, exit codes."""
 
+from __future__ import annotations
+
 import os
 import re
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from tfpretrain import config as config_lib
 
@@ -13,11 +17,13 @@ _USER_ERRORS = (ValueError, OSError, KeyError)  # OSError: missing files, unwrit
 def _is_io_error(error):
     """TensorFlow's own file errors (a full disk, a missing or unreadable file)."""
     errors = getattr(sys.modules.get("tensorflow"), "errors", None)
-    io_errors = ("ResourceExhaustedError", "PermissionDeniedError", "NotFoundError", "DataLossError")
+    io_errors = ("ResourceExhaustedError", "PermissionDeniedError", "NotFoundError",
+                 "DataLossError")
     return errors is not None and isinstance(error, tuple(getattr(errors, n) for n in io_errors))
 
 
-def run(main, config, argv=None, description=""):
+def run(main: Callable[[Any], object], config: Any, argv: list[str] | None = None,
+        description: str = "") -> int:
     """Parses ``argv`` into ``config`` and calls ``main(config)``; returns the exit code.
 
     ``--help`` prints ``description`` and every key with its default; errors print one line
@@ -28,7 +34,8 @@ def run(main, config, argv=None, description=""):
     argv = [a for a in argv if a != "--debug"]
     if "--help" in argv or "-h" in argv:
         print(description.strip())
-        print("\nOptions (--key=value; --config FILE reruns a saved config.json; --debug shows tracebacks):")
+        print("\nOptions (--key=value; --config FILE reruns a saved config.json; "
+              "--debug shows tracebacks):")
         print("\n".join(config_lib.help_text(config)))
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -4,10 +4,14 @@
 cluster of two or more tasks) > mirrored (two or more GPUs) > one device.
 """
 
+from __future__ import annotations
+
+import hashlib
 import json
 import os
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
@@ -26,7 +30,7 @@ def _tpu_strategy(address):
     return tf.distribute.TPUStrategy(resolver)
 
 
-def resolve_strategy_name(name="auto", tpu=""):
+def resolve_strategy_name(name: str = "auto", tpu: str = "") -> str:
     """The strategy ``build_strategy`` builds for ``name``: ``auto`` resolved from the TPU
     address or ``TPU_NAME``, ``TF_CONFIG`` and the visible GPUs (see the module docstring)."""
     if name not in STRATEGIES:
@@ -42,7 +46,7 @@ def resolve_strategy_name(name="auto", tpu=""):
     return "one_device"
 
 
-def build_strategy(name="auto", tpu=""):
+def build_strategy(name: str = "auto", tpu: str = "") -> tf.distribute.Strategy:
     """Returns a ``tf.distribute.Strategy`` for ``name`` (see module docstring for ``auto``).
 
     Example:
@@ -58,12 +62,13 @@ def build_strategy(name="auto", tpu=""):
     if name == "mirrored":
         # All GPUs; on a CPU-only host split into logical devices (tests, debugging), all CPUs.
         gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.MirroredStrategy([d.name for d in gpus or tf.config.list_logical_devices("CPU")])
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in gpus or tf.config.list_logical_devices("CPU")])
     gpus = tf.config.list_logical_devices("GPU")
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
 
 
-def per_replica_batch_size(global_batch_size, strategy):
+def per_replica_batch_size(global_batch_size: int, strategy: tf.distribute.Strategy) -> int:
     """The batch each replica computes; the global batch must split evenly."""
     replicas = strategy.num_replicas_in_sync
     if global_batch_size % replicas:
@@ -74,7 +79,7 @@ def per_replica_batch_size(global_batch_size, strategy):
     return global_batch_size // replicas
 
 
-def is_chief(strategy):
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """True on the worker that writes checkpoints and exports (TensorFlow's convention)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
@@ -85,7 +90,7 @@ def is_chief(strategy):
     )
 
 
-def set_precision(policy):
+def set_precision(policy: str) -> None:
     """Sets Keras's global dtype policy before a model is built: ``float32``, ``mixed_bfloat16``
     (TPUs, Ampere+ GPUs, CPUs with AVX512-BF16/AMX) or ``mixed_float16`` (GPUs; the optimizer
     from ``build_optimizer`` then scales the loss).
@@ -98,7 +103,7 @@ def set_precision(policy):
     keras.mixed_precision.set_global_policy(policy)
 
 
-def describe_precision(model):
+def describe_precision(model: keras.Model) -> str:
     """One line saying which layers compute in which dtype (a restored SavedModel layer keeps
     the dtype its graph was traced with, whatever the global policy)."""
     by_dtype = {}
@@ -106,4 +111,18 @@ def describe_precision(model):
         if layer.weights:
             by_dtype.setdefault(layer.compute_dtype, []).append(layer.name)
     parts = [f"{dtype}: {', '.join(names)}" for dtype, names in sorted(by_dtype.items())]
-    return f"precision {keras.mixed_precision.global_policy().name} | compute dtypes: " + "; ".join(parts)
+    return (f"precision {keras.mixed_precision.global_policy().name} | compute dtypes: "
+            + "; ".join(parts))
+
+
+def report_worker_weights(model: keras.Model, strategy: tf.distribute.Strategy) -> None:
+    """Multi-worker runs print a digest of the final weights on each worker: equal digests mean
+    the workers stayed in sync bit for bit."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return
+    digest = hashlib.sha256()
+    for variable in model.weights:
+        digest.update(np.asarray(variable.numpy()).tobytes())
+    print(f"worker {resolver.task_type}:{resolver.task_id}: final weights sha256 "
+          f"{digest.hexdigest()[:16]}", flush=True)

@@ -1,4 +1,10 @@
-"""Exports: serving SavedModels on raw inputs, and the fresh-process check of an export."""
+"""Exports: serving SavedModels on raw inputs, and the fresh-process check of an export.
+
+What a serving signature returns comes from the run's task type (``task.serving``); the writer
+here only wires inputs to the model and the model to those outputs.
+"""
+
+from __future__ import annotations
 
 import base64
 import json
@@ -6,6 +12,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -15,10 +23,12 @@ from tfpretrain.data.pipeline import pack_texts
 from tfpretrain.files import atomic_directory
 from tfpretrain.hub import HubLayer
 from tfpretrain.models import feature_extractor
+from tfpretrain.tasks.classification import SingleLabelClassification
 
 
-def export_text_classifier(model, label_names, path, preprocessor=None, seq_length=None,
-                           truncation="head"):
+def export_text_classifier(model: keras.Model, label_names: list[str] | None, path: str,
+                           preprocessor: Any = None, seq_length: int | None = None,
+                           truncation: str = "head", task: Any = None) -> str:
     """Writes a SavedModel whose ``serving_default`` takes a 1-D batch of raw strings.
 
     Signatures (TF Serving conventions, named inputs and outputs):
@@ -41,6 +51,8 @@ def export_text_classifier(model, label_names, path, preprocessor=None, seq_leng
         preprocessor: TF Hub-format BERT preprocessor that turns strings into the model's inputs.
         seq_length, truncation: how the preprocessor packs long texts, as in training
             (see ``pack_texts``).
+        task: the task type whose outputs ``serving_default`` returns (default: single-label
+            classification over ``label_names``).
 
     Example:
         >>> export_text_classifier(model, ["neg", "pos"], "/tmp/export", loaded.preprocessor,
@@ -58,11 +70,13 @@ def export_text_classifier(model, label_names, path, preprocessor=None, seq_leng
     endpoints = {"serving_default": (model_inputs, text_spec)}
     if preprocessor is not None:
         # What the TFLite models take: token ids padded to seq_length.
-        endpoints["preprocess"] = (lambda text: pack_texts(preprocessor, text, seq_length, truncation), text_spec)
-    return _write_classifier(model, label_names, path, endpoints, track=[preprocessor] if preprocessor else [])
+        endpoints["preprocess"] = (
+            lambda text: pack_texts(preprocessor, text, seq_length, truncation), text_spec)
+    task = task or SingleLabelClassification(label_names)
+    return _write_model(model, task, path, endpoints, track=[preprocessor] if preprocessor else [])
 
 
-def trim_to_longest(inputs):
+def trim_to_longest(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Packed BERT inputs ``[batch, seq_length]`` → ``[batch, longest]``, where ``longest`` is the
     longest real length in the batch (the most ``input_mask`` ones; at least 1).
 
@@ -75,7 +89,8 @@ def trim_to_longest(inputs):
     return {key: value[:, :longest] for key, value in inputs.items()}
 
 
-def export_image_classifier(model, label_names, path, image_size):
+def export_image_classifier(model: keras.Model, label_names: list[str] | None, path: str,
+                            image_size: int, task: Any = None) -> str:
     """Writes a SavedModel of an image classifier that takes encoded images or float images.
 
     Signatures:
@@ -95,32 +110,27 @@ def export_image_classifier(model, label_names, path, image_size):
     signature = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
     def decode(image_bytes):
-        return tf.map_fn(lambda b: to_float_image(b, image_size), image_bytes, fn_output_signature=signature)
+        return tf.map_fn(lambda b: to_float_image(b, image_size), image_bytes,
+                         fn_output_signature=signature)
 
     def resize(images):
         return tf.image.resize(images, (image_size, image_size))
 
-    return _write_classifier(model, label_names, path, {"serving_default": (decode, bytes_spec),
-                                                        "serving_float": (resize, float_spec)})
+    task = task or SingleLabelClassification(label_names)
+    return _write_model(model, task, path, {"serving_default": (decode, bytes_spec),
+                                            "serving_float": (resize, float_spec)})
 
 
-def _write_classifier(model, label_names, path, endpoints, track=()):
-    """Writes ``model`` (inputs → logits) as a SavedModel, atomically, with Keras's ExportArchive.
+def _write_model(model, task, path, endpoints, track=()):
+    """Writes ``model`` (inputs → head outputs) as a SavedModel, atomically, with Keras's
+    ExportArchive.
 
     ``endpoints``: ``{name: (to_model_inputs, input_spec)}``. ``serving_default`` and every
-    ``serving_*`` endpoint return ``{probabilities, label_id, label}``; ``predict_embeddings``
-    (on ``serving_default``'s input) returns ``{embeddings}``; other endpoints return what their
+    ``serving_*`` endpoint return the task's serving outputs; ``predict_embeddings`` (on
+    ``serving_default``'s input) returns ``{embeddings}``; other endpoints return what their
     function returns.
     """
     features = feature_extractor(model)
-
-    def classify(to_inputs):
-        def serve(x):
-            probabilities = tf.nn.softmax(tf.cast(model(to_inputs(x), training=False), tf.float32), axis=-1)
-            label_id = tf.argmax(probabilities, axis=-1)
-            return {"probabilities": probabilities, "label_id": label_id, "label": names.lookup(label_id)}
-        return serve
-
     to_inputs, spec = endpoints["serving_default"]
     endpoints["predict_embeddings"] = (
         lambda x: {"embeddings": tf.cast(features(to_inputs(x), training=False), tf.float32)}, spec)
@@ -130,25 +140,24 @@ def _write_classifier(model, label_names, path, endpoints, track=()):
     # no archive.track(model): the archive saves the variables its endpoints use by itself, and
     # tracking the model stores every weight a second time through its Keras wrappers (Keras 3.15).
     with atomic_directory(path) as tmp, tempfile.TemporaryDirectory() as scratch:
-        labels_file = os.path.join(scratch, "labels.txt")
-        with open(labels_file, "w", encoding="utf-8") as f:
-            f.write("\n".join(label_names) + "\n")
-        # Label names come from assets/labels.txt, which predict.py and people read too.
-        names = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
-            labels_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+        outputs, resources = task.serving(scratch)  # e.g. label names as an asset
         archive = keras.export.ExportArchive()
-        for resource in [names, *track]:
+        for resource in [*resources, *track]:
             archive.track(resource)
-        for layer in model.layers:  # tables inside Hub SavedModels (a sentence encoder's vocabulary)
+        # tables inside Hub SavedModels (a sentence encoder's vocabulary)
+        for layer in model.layers:
             if isinstance(layer, HubLayer):
                 archive.track(layer.saved_model)
-        for name, (fn, spec) in endpoints.items():
+        for name, (fn, input_spec) in endpoints.items():
             if name == "serving_default" or name.startswith("serving_"):
-                fn = classify(fn)
-            archive.add_endpoint(name, fn, input_signature=[spec])
+                fn = _serving(model, fn, outputs)
+            archive.add_endpoint(name, fn, input_signature=[input_spec])
         archive.write_out(tmp, verbose=False)
     return path
+
+
+def _serving(model, to_inputs, outputs):
+    return lambda x: outputs(model(to_inputs(x), training=False))
 
 
 _FRESH_PROCESS = """
@@ -164,7 +173,8 @@ np.save(sys.argv[3], out[sys.argv[5]].numpy())
 """
 
 
-def serve_in_fresh_process(path, texts, input_name="text", output_key="probabilities"):
+def serve_in_fresh_process(path: str, texts: Sequence[str | bytes], input_name: str = "text",
+                           output_key: str = "probabilities") -> np.ndarray:
     """``serving_default`` of the SavedModel at ``path`` on ``texts`` (strings, or bytes such as
     encoded images), in a new Python that imports only ``tensorflow`` and ``tensorflow_text`` (no
     tfpretrain, no keras).
@@ -176,18 +186,22 @@ def serve_in_fresh_process(path, texts, input_name="text", output_key="probabili
         texts_file = os.path.join(scratch, "texts.json")
         out_file = os.path.join(scratch, "outputs.npy")
         values = list(texts)
-        with open(texts_file, "w", encoding="utf-8") as f:  # bytes (encoded images) travel as base64
+        # bytes (encoded images) travel as base64
+        with open(texts_file, "w", encoding="utf-8") as f:
             json.dump({"b64": [base64.b64encode(v).decode() for v in values]}
                       if values and isinstance(values[0], bytes) else {"texts": values}, f)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        command = [sys.executable, "-c", _FRESH_PROCESS, path, texts_file, out_file, input_name, output_key]
+        command = [sys.executable, "-c", _FRESH_PROCESS, path, texts_file, out_file, input_name,
+                   output_key]
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
-            raise RuntimeError(f"the export at {path} failed in a fresh process:\n{result.stderr[-2000:]}")
+            raise RuntimeError(f"the export at {path} failed in a fresh process:\n"
+                               f"{result.stderr[-2000:]}")
         return np.load(out_file)
 
 
-def check_export(path, texts, expected, input_name="text", output_key="probabilities"):
+def check_export(path: str, texts: Sequence[str | bytes], expected: np.ndarray,
+                 input_name: str = "text", output_key: str = "probabilities") -> float:
     """Prints and returns the max abs difference between ``expected`` (in-memory outputs on
     ``texts``) and the export at ``path`` served in a fresh process."""
     served = serve_in_fresh_process(path, texts, input_name, output_key)

@@ -1,14 +1,18 @@
 """Atomic writes: a crash never leaves something that looks complete."""
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from typing import Any
 
 
 @contextlib.contextmanager
-def atomic_directory(path):
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[str]:
     """Yields a temporary directory that is renamed to ``path`` only if the block succeeds.
 
     An existing ``path`` is replaced. The temporary directory sits beside ``path`` so the final
@@ -37,7 +41,7 @@ def atomic_directory(path):
         raise
 
 
-def write_text(path, text):
+def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Writes ``text`` to ``path`` through a temporary file and a rename."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -53,6 +57,6 @@ def write_text(path, text):
         raise
 
 
-def write_json(path, data):
+def write_json(path: str | os.PathLike[str], data: Any) -> None:
     """Writes ``data`` as indented JSON, atomically."""
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")

@@ -14,10 +14,14 @@ functions update the same memory), and calls the restored ``__call__`` with ``tr
 SavedModel was traced for it.
 """
 
+from __future__ import annotations
+
 import importlib
 import os
 import sys
 import types
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -47,11 +51,11 @@ def _import_tensorflow_hub():
     return importlib.import_module("tensorflow_hub")
 
 
-def is_url(handle):
+def is_url(handle: str) -> bool:
     return handle.startswith(_URL_PREFIXES)
 
 
-def resolve_handle(handle):
+def resolve_handle(handle: str | os.PathLike[str]) -> str:
     """Returns a path that ``tf.saved_model.load`` can read for ``handle``.
 
     Args:
@@ -72,11 +76,12 @@ def resolve_handle(handle):
             "tfhub.dev/Kaggle URL (see `python -m tfpretrain.zoo list`)"
         )
     if not tf.saved_model.contains_saved_model(path):
-        raise HandleError(f"{handle!r} is a directory but holds no SavedModel (no saved_model.pb)")
+        raise HandleError(f"{handle!r} is a directory but holds no SavedModel "
+                          "(no saved_model.pb)")
     return path
 
 
-def load_saved_model(handle):
+def load_saved_model(handle: str | os.PathLike[str]) -> Any:
     """Loads the SavedModel at ``handle`` (see ``resolve_handle``) as a restored object.
 
     ``tensorflow_text`` is imported first: BERT preprocessors use its ops, and loading fails with
@@ -161,8 +166,10 @@ class HubLayer(keras.layers.Layer):
         ...                    "input_type_ids": types}, training=True)  # doctest: +SKIP
     """
 
-    def __init__(self, handle, trainable=False, signature=None, output_key=None, trainable_filter=None,
-                 inference_only=False, **kwargs):
+    def __init__(self, handle: Any, trainable: bool = False, signature: str | None = None,
+                 output_key: str | None = None,
+                 trainable_filter: Callable[[tf.Variable], bool] | None = None,
+                 inference_only: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(trainable=trainable, **kwargs)
         self.handle = handle if isinstance(handle, str) else None
@@ -223,11 +230,11 @@ class HubLayer(keras.layers.Layer):
         return children
 
     @property
-    def saved_model(self):
+    def saved_model(self) -> Any:
         """The restored SavedModel object (for its other functions and assets)."""
         return self._obj
 
-    def call(self, inputs, training=False):
+    def call(self, inputs: Any, training: bool | None = False) -> Any:
         inputs = tf.nest.map_structure(_to_float32, inputs)
         if self._signature:
             if not isinstance(inputs, dict):
@@ -237,7 +244,9 @@ class HubLayer(keras.layers.Layer):
             outputs = self._function(**inputs)
         elif self._takes_training:
             # Dropout in the SavedModel runs only when fine-tuning and training.
-            outputs = self._function(inputs, training=bool(training and self.trainable and not self._inference_only))
+            outputs = self._function(
+                inputs, training=bool(training and self.trainable and not self._inference_only)
+            )
         else:
             outputs = self._function(inputs)
         if self._output_key is not None:

@@ -1,12 +1,17 @@
 """Builders: encoder + head → ``keras.Model``."""
 
+from __future__ import annotations
+
 import keras
 
 from tfpretrain import heads
 from tfpretrain.encoders.bert import INPUT_NAMES
+from tfpretrain.encoders.image import build_resnet, scale_to_unit_range
 
 
-def build_bert_classifier(encoder_layer, num_classes, pooling="pooled", dropout=0.1, seed=None):
+def build_bert_classifier(encoder_layer: keras.layers.Layer, num_classes: int,
+                          pooling: str = "pooled", dropout: float = 0.1,
+                          seed: int | None = None) -> keras.Model:
     """A text classifier on BERT inputs: dict of int32 ``[batch, seq]`` → logits ``[batch, C]``.
 
     Trains with a custom loop (``tfpretrain.train``) or plain ``model.fit``; the encoder's
@@ -35,7 +40,8 @@ def build_bert_classifier(encoder_layer, num_classes, pooling="pooled", dropout=
     return keras.Model(inputs, logits, name="bert_classifier")
 
 
-def build_sentence_classifier(encoder_layer, head):
+def build_sentence_classifier(encoder_layer: keras.layers.Layer, head: keras.layers.Layer
+                              ) -> keras.Model:
     """A text classifier on raw strings: ``[batch]`` strings → logits, from a sentence encoder.
 
     ``head`` maps ``[batch, dim]`` embeddings to logits (``heads.build_classification_head``).
@@ -53,7 +59,8 @@ def build_sentence_classifier(encoder_layer, head):
     return keras.Model(texts, head(encoder_layer(texts)), name="sentence_classifier")
 
 
-def build_image_classifier(encoder_layer, num_classes, image_size, dropout=0.0, seed=None):
+def build_image_classifier(encoder_layer: keras.layers.Layer, num_classes: int, image_size: int,
+                           dropout: float = 0.0, seed: int | None = None) -> keras.Model:
     """An image classifier: float32 ``[batch, size, size, 3]`` in [0, 1] → logits ``[batch, C]``.
 
     ``encoder_layer`` maps those images to ``[batch, features]``: ``load_image_encoder(...).layer``
@@ -69,7 +76,24 @@ def build_image_classifier(encoder_layer, num_classes, image_size, dropout=0.0, 
     return keras.Model(images, logits, name="image_classifier")
 
 
-def feature_extractor(classifier):
+def build_resnet_classifier(image_size: int, filters: list[int], blocks: list[int],
+                            num_classes: int, dropout: float = 0.0, seed: int | None = None
+                            ) -> keras.Model:
+    """A ResNet image classifier from random weights: float32 ``[batch, size, size, 3]`` in [0, 1]
+    → logits. Its layer ``resnet_features`` is the backbone (``encoders.image.build_resnet``, on
+    [-1, 1] inputs), what ``recipes.resnet_pretrain`` exports as a TF Hub image feature vector.
+
+    Example:
+        >>> model = build_resnet_classifier(32, [64, 128], [1, 1], 5)  # doctest: +SKIP
+    """
+    backbone = build_resnet(image_size, filters, blocks, seed=seed)
+    images = keras.Input((image_size, image_size, 3), name="images")
+    features = backbone(scale_to_unit_range(images))
+    logits = heads.build_classification_head(num_classes, dropout, seed=seed)(features)
+    return keras.Model(images, logits, name="resnet_classifier")
+
+
+def feature_extractor(classifier: keras.Model) -> keras.Model:
     """The part of a classifier built here that computes what its head classifies: a
     ``keras.Model`` from the classifier's inputs to the input of its ``classifier`` head layer
     (sharing weights)."""

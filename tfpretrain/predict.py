@@ -9,13 +9,16 @@ probability), calling the export's ``serving_default`` in batches. Text exports 
 image exports (input ``image_bytes``) take image files, sent as their encoded bytes. Needs only
 ``tensorflow`` and ``tensorflow_text``: a teammate can run it without the training data or this
 project's code paths.
-"""
+"""  # noqa: E501  (the usage lines above are printed by --help as they are)
+
+from __future__ import annotations
 
 import argparse
 import json
 import os
 import pathlib
 import sys
+from collections.abc import Sequence
 
 
 def _load(path):
@@ -23,7 +26,8 @@ def _load(path):
     import tensorflow_text  # noqa: F401  (the export's tokeniser ops)
 
     if not tf.saved_model.contains_saved_model(path):
-        raise FileNotFoundError(f"--model {path}: no SavedModel there (expected an export/ directory)")
+        raise FileNotFoundError(f"--model {path}: no SavedModel there (expected an export/ "
+                                "directory)")
     serve = tf.saved_model.load(path).signatures.get("serving_default")
     if serve is None:
         raise ValueError(f"--model {path}: the SavedModel has no serving_default signature")
@@ -33,11 +37,13 @@ def _load(path):
         raise ValueError(f"--model {path}: serving_default takes {sorted(inputs)} and returns "
                          f"{sorted(outputs)}; expected one input and 'probabilities', 'label'")
     labels_file = os.path.join(path, "assets", "labels.txt")
-    names = open(labels_file, encoding="utf-8").read().split("\n")[:-1] if os.path.exists(labels_file) else None
+    names = (open(labels_file, encoding="utf-8").read().split("\n")[:-1]
+             if os.path.exists(labels_file) else None)
     return serve, next(iter(inputs)), names
 
 
-def predict(path, texts, batch_size=64):
+def predict(path: str, texts: Sequence[str],
+            batch_size: int = 64) -> list[tuple[str, str, float, dict[str, float]]]:
     """[(input, label, probability, {label: probability})] for ``texts`` (strings, or image file
     paths for an image export) with the export at ``path``.
 
@@ -69,14 +75,15 @@ def predict(path, texts, batch_size=64):
     return rows
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfpretrain.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="export directory (a serving SavedModel)")
     parser.add_argument("texts", nargs="*", metavar="INPUT",
                         help="texts to classify, or image files for an image export")
     parser.add_argument("--file", help="a text file, one input (text or image path) per line")
-    parser.add_argument("--json", action="store_true", help="JSON lines with every class's probability")
+    parser.add_argument("--json", action="store_true",
+                        help="JSON lines with every class's probability")
     parser.add_argument("--batch_size", type=int, default=64)
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

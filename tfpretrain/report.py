@@ -1,14 +1,18 @@
-"""The run report a person reads: ``report.md`` with its plots, written into the run directory.
+"""The run report a person reads: ``report.md`` with its plots, written into the run
+directory.
 
 ``report.md`` is the run's model card: data and splits, encoder, hyper-parameters, metrics with a
 per-class table, the confusion matrix and learning curves (PNG, matplotlib), the export's
 signatures read back from ``saved_model.pb``, how to serve it with TF Serving, how to rerun it.
 """
 
+from __future__ import annotations
+
 import datetime
 import glob
 import json
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -16,13 +20,14 @@ import tensorflow as tf
 from tfpretrain.files import write_text
 
 
-def read_scalars(logdir, tag):
+def read_scalars(logdir: str, tag: str) -> list[tuple[int, float]]:
     """``[(step, value)]`` of scalar ``tag`` in the TensorBoard event files under ``logdir``.
 
     A resumed run writes some steps twice; the last value written for a step wins.
     """
     values = {}
-    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")), key=os.path.getmtime):
+    for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")),
+                       key=os.path.getmtime):
         try:
             for event in tf.compat.v1.train.summary_iterator(path):
                 for value in event.summary.value:
@@ -42,7 +47,8 @@ def _pyplot():
     return plt
 
 
-def plot_confusion_matrix(matrix, label_names, path, title="Confusion matrix (test)"):
+def plot_confusion_matrix(matrix: np.ndarray | list, label_names: list[str],
+                          path: str | os.PathLike, title: str = "Confusion matrix (test)") -> None:
     """Counts with row-normalised shading (recall per true class), class names on both axes."""
     plt = _pyplot()
     matrix = np.asarray(matrix)
@@ -52,7 +58,8 @@ def plot_confusion_matrix(matrix, label_names, path, title="Confusion matrix (te
     share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
-    axes.set_xticks(range(n), labels=label_names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    axes.set_xticks(range(n), labels=label_names, rotation=45 if n > 4 else 0,
+                    ha="right" if n > 4 else "center")
     axes.set_yticks(range(n), labels=label_names)
     axes.set_xlabel("predicted label")
     axes.set_ylabel("true label")
@@ -61,41 +68,47 @@ def plot_confusion_matrix(matrix, label_names, path, title="Confusion matrix (te
         for i in range(n):
             for j in range(n):
                 axes.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                          color="white" if share[i, j] > 0.5 else "black", fontsize=10 if n <= 12 else 7)
+                          color="white" if share[i, j] > 0.5 else "black",
+                          fontsize=10 if n <= 12 else 7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def plot_learning_curves(train_loss, history, path, steps_per_epoch=None):
+def plot_learning_curves(train_loss: list[tuple[int, float]], history: list[dict],
+                         path: str | os.PathLike, steps_per_epoch: int | None = None) -> None:
     """Training loss per step (raw and smoothed) with validation loss, and validation accuracy."""
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     if train_loss:
         steps, losses = map(np.asarray, zip(*train_loss))
-        left.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="training loss (per step)")
+        left.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8,
+                  label="training loss (per step)")
         window = max(1, len(losses) // 20)
         if window > 1:
             smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-            left.plot(steps[window - 1:], smooth, color="tab:blue", label=f"training loss ({window}-step mean)")
+            left.plot(steps[window - 1:], smooth, color="tab:blue",
+                      label=f"training loss ({window}-step mean)")
     points = [r for r in history if "loss" in r]
     if points:
-        left.plot([r["step"] for r in points], [r["loss"] for r in points], "o-", color="tab:orange",
-                  label="validation loss")
+        left.plot([r["step"] for r in points], [r["loss"] for r in points], "o-",
+                  color="tab:orange", label="validation loss")
     left.set_xlabel("training step")
     left.set_ylabel("cross-entropy loss")
     left.legend()
     left.grid(alpha=0.3)
     points = [r for r in history if "accuracy" in r]
     if points:
-        right.plot([r["step"] for r in points], [100 * r["accuracy"] for r in points], "o-", color="tab:green",
-                   label="validation accuracy")
+        right.plot([r["step"] for r in points], [100 * r["accuracy"] for r in points], "o-",
+                   color="tab:green", label="validation accuracy")
         for record in points:
-            right.annotate(f"{100 * record['accuracy']:.2f}%", (record["step"], 100 * record["accuracy"]),
+            right.annotate(f"{100 * record['accuracy']:.2f}%",
+                           (record["step"], 100 * record["accuracy"]),
                            textcoords="offset points", xytext=(0, 7), ha="center", fontsize=9)
         right.legend(loc="lower right")
     else:
-        right.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=right.transAxes)
+        right.text(0.5, 0.5, "no validation split", ha="center", va="center",
+                   transform=right.transAxes)
     right.set_xlabel("training step")
     right.set_ylabel("accuracy (%)")
     right.grid(alpha=0.3)
@@ -119,7 +132,7 @@ def plot_learning_curves(train_loss, history, path, steps_per_epoch=None):
     plt.close(figure)
 
 
-def describe_signatures(export_dir):
+def describe_signatures(export_dir: str) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
     """``{name: (inputs, outputs)}`` of a SavedModel's signatures, each ``{key: "dtype [shape]"}``,
     read from ``saved_model.pb`` without loading the model."""
     from tensorflow.python.saved_model import loader_impl
@@ -134,7 +147,8 @@ def describe_signatures(export_dir):
             for name, s in sorted(signatures.items()) if not name.startswith("__")}
 
 
-def _table(header, rows):
+def table(header: list[str], rows: list) -> list[str]:
+    """A Markdown table's lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return lines
@@ -144,54 +158,44 @@ def _percent(value):
     return "—" if value is None else f"{100 * value:.2f}%"
 
 
-def write_report(workdir, *, title, recipe, config, results, label_names, split_sizes, encoder,
-                 steps_per_epoch=None, example_inputs=(), tflite=None):
-    """Writes ``workdir/report.md``, ``confusion_matrix.png`` and ``learning_curves.png``.
+def write_report(workdir: str, *, task: Any, title: str, recipe: str, config: dict, results: dict,
+                 split_sizes: dict, encoder: dict, steps_per_epoch: int | None = None,
+                 example_inputs: list = ()) -> str:
+    """Writes ``workdir/report.md`` with ``learning_curves.png`` and the task's own sections.
 
     Args:
         workdir: the run directory (holds ``config.json``, ``logs/``, maybe ``export/``).
+        task: the run's task type (``tfpretrain.tasks``): its labels line, headline metrics and
+            test sections (for classification the per-class table and ``confusion_matrix.png``).
         title: the report's heading.
         recipe: module name under ``recipes`` (for the rerun command).
         config: the run's config as a nested dict (``config.to_dict``).
-        results: what the recipe wrote to ``metrics.json``.
-        label_names: class names, in logit order.
+        results: what the run wrote to ``metrics.json`` (``tflite``, ``comparison`` when present).
         split_sizes: ``{split: examples}``.
         encoder: ``{field: value}`` lines describing the encoder (name, source, parameters, ...).
         steps_per_epoch: for the epoch axis of the learning curves.
         example_inputs: two inputs for the example TF Serving request: strings, or
             ``{"b64": ...}`` for bytes inputs (encoded images).
-        tflite: ``{variant: {"file", "bytes", "accuracy"}}`` from ``export_tflite``, or None.
+
+    Returns:
+        The path of ``report.md``.
     """
     test, best = results.get("test"), results.get("best_validation") or {}
     lines = [f"# {title}", "",
              f"Recipe `recipes.{recipe}`; report written {datetime.datetime.now():%Y-%m-%d %H:%M}, "
              f"TensorFlow {tf.__version__}.", "", "## Data", ""]
     data = config.get("data", {})
-    source = data.get("train_file") or f"TFDS `{data.get('name')}`"
-    lines += [f"Source: {source}. Labels ({len(label_names)}): {', '.join(label_names)}.", ""]
-    lines += _table(["split", "examples"], [(s, n) for s, n in split_sizes.items()]) + [""]
+    source = data.get("train_file") or data.get("image_dir") or f"TFDS `{data.get('name')}`"
+    lines += [f"Source: {source}. {task.describe_labels()}", ""]
+    lines += table(["split", "examples"], list(split_sizes.items())) + [""]
     lines += ["## Encoder", ""] + [f"- {k}: {v}" for k, v in encoder.items()] + [""]
     lines += ["## Hyper-parameters", ""]
-    lines += _table(["setting", "value"], [(f"{section}.{k}", f"`{v}`") for section in ("model", "train", "runtime")
+    lines += table(["setting", "value"], [(f"{section}.{k}", f"`{v}`")
+                                          for section in ("model", "train", "runtime")
                                           for k, v in config.get(section, {}).items()]) + [""]
-    lines += ["## Results", ""]
-    rows = [(m, _percent(best.get(m)), _percent(test and test.get(m))) for m in ("accuracy", "macro_f1")]
-    rows.append(("loss", f"{best['loss']:.4f}" if "loss" in best else "—",
-                 f"{test['loss']:.4f}" if test else "—"))
-    lines += _table(["metric", f"validation (best, step {best.get('step', '—')})", "test"], rows) + [""]
-    lines += [f"Training steps: {results['steps']}.", ""]
-    if results.get("comparison"):  # transfer vs baselines with the same number of steps
-        lines += ["### Compared with baselines (same number of steps)", ""]
-        lines += _table(["run", "test accuracy", "best validation accuracy", "steps"],
-                        [(name, _percent(r["test_accuracy"]), _percent(r["best_validation_accuracy"]), r["steps"])
-                         for name, r in results["comparison"].items()]) + [""]
+    lines += ["## Results", ""] + _results_lines(task, results, best, test)
     if test:
-        lines += ["### Per class (test)", ""]
-        lines += _table(["class", "precision", "recall", "F1", "support"],
-                        [(n, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}", s["support"])
-                         for n, s in test["per_class"].items()]) + [""]
-        plot_confusion_matrix(test["confusion_matrix"], label_names, os.path.join(workdir, "confusion_matrix.png"))
-        lines += ["### Confusion matrix (test)", "", "![confusion matrix](confusion_matrix.png)", ""]
+        lines += task.report_lines(test, workdir)
     train_loss = read_scalars(os.path.join(workdir, "logs", "train"), "loss")
     plot_learning_curves(train_loss, results.get("validation_history", []),
                          os.path.join(workdir, "learning_curves.png"), steps_per_epoch)
@@ -199,12 +203,30 @@ def write_report(workdir, *, title, recipe, config, results, label_names, split_
               "TensorBoard: `tensorboard --logdir " + os.path.join(workdir, "logs") + "`", ""]
     export_dir = os.path.join(workdir, "export")
     if os.path.exists(os.path.join(export_dir, "saved_model.pb")):
-        lines += _export_section(export_dir, example_inputs, tflite, test)
-    lines += ["## Reproduce", "", "```bash", f"python -m recipes.{recipe} --config {workdir}/config.json "
-              "--workdir <new directory>", "```", "",
-              "Same config and seed give the same metrics (`metrics.json` is bit-identical across reruns "
-              "and resumes on CPU; wall-clock times are in `timing.json`).", ""]
-    write_text(os.path.join(workdir, "report.md"), "\n".join(lines))
+        lines += _export_section(export_dir, example_inputs, results.get("tflite"), test)
+    lines += ["## Reproduce", "", "```bash", f"python -m recipes.{recipe} --config "
+              f"{workdir}/config.json --workdir <new directory>", "```", "",
+              "Same config and seed give the same metrics (`metrics.json` is bit-identical across "
+              "reruns and resumes on CPU; wall-clock times are in `timing.json`).", ""]
+    path = os.path.join(workdir, "report.md")
+    write_text(path, "\n".join(lines))
+    return path
+
+
+def _results_lines(task, results, best, test):
+    rows = [(m, _percent(best.get(m)), _percent(test and test.get(m)))
+            for m in task.headline_metrics]
+    rows.append(("loss", f"{best['loss']:.4f}" if "loss" in best else "—",
+                 f"{test['loss']:.4f}" if test else "—"))
+    lines = table(["metric", f"validation (best, step {best.get('step', '—')})", "test"], rows)
+    lines += ["", f"Training steps: {results['steps']}.", ""]
+    if results.get("comparison"):  # transfer vs baselines with the same number of steps
+        lines += ["### Compared with baselines (same number of steps)", ""]
+        lines += table(["run", "test accuracy", "best validation accuracy", "steps"],
+                       [(name, _percent(r["test_accuracy"]),
+                         _percent(r["best_validation_accuracy"]), r["steps"])
+                        for name, r in results["comparison"].items()]) + [""]
+    return lines
 
 
 def _export_section(export_dir, example_inputs, tflite, test):
@@ -213,45 +235,82 @@ def _export_section(export_dir, example_inputs, tflite, test):
     rows = [(f"`{name}`", "<br>".join(f"`{k}`: {v}" for k, v in inputs.items()),
              "<br>".join(f"`{k}`: {v}" for k, v in outputs.items()))
             for name, (inputs, outputs) in signatures.items()]
-    lines += _table(["signature", "inputs", "outputs"], rows) + [""]
+    lines += table(["signature", "inputs", "outputs"], rows) + [""]
     body = json.dumps({"signature_name": "serving_default", "instances": list(example_inputs)[:2]},
                       ensure_ascii=False, indent=1)
     write_text(os.path.join(os.path.dirname(export_dir), "request.json"), body + "\n")
     text = "text" in signatures["serving_default"][0]
     lines += ["### Serve it with TF Serving (REST)", ""]
     if text:
-        lines += ["The tokeniser is inside the graph and uses TensorFlow Text ops, so the server must have "
-                  "them linked in (the `tensorflow/serving` images of the same TensorFlow version do; "
-                  "tensorflow/serving#1490).", ""]
+        lines += ["The tokeniser is inside the graph and uses TensorFlow Text ops, so the server "
+                  "must have them linked in (the `tensorflow/serving` images of the same "
+                  "TensorFlow version do; tensorflow/serving#1490).", ""]
     else:
-        lines += ["Images travel base64-encoded (`{\"b64\": ...}`, TF Serving's convention for an input "
-                  "whose name ends in `_bytes`); decoding and resizing happen inside the graph.", ""]
-    lines += ["```bash", f"mkdir -p /tmp/models/classifier && cp -r {export_dir} /tmp/models/classifier/1",
+        lines += ["Images travel base64-encoded (`{\"b64\": ...}`, TF Serving's convention for an "
+                  "input whose name ends in `_bytes`); decoding and resizing happen inside the "
+                  "graph.", ""]
+    lines += ["```bash",
+              f"mkdir -p /tmp/models/classifier && cp -r {export_dir} /tmp/models/classifier/1",
               "docker run -p 8501:8501 -v /tmp/models/classifier:/models/classifier "
               "-e MODEL_NAME=classifier tensorflow/serving",
               "curl -s http://localhost:8501/v1/models/classifier:predict -d @request.json",
-              "```", "", "with `request.json` (written beside this report):", "", "```json", body, "```", "",
+              "```", "", "with `request.json` (written beside this report):", "", "```json", body,
+              "```", "",
               "Locally, without a server:", "", "```bash"]
     if text:
         lines += [f"python -m tfpretrain.saved_model_cli run --dir {export_dir} --tag_set serve "
-                  "--signature_def serving_default --input_exprs 'text=[\"a short news story about football\"]'",
-                  f"python -m tfpretrain.predict --model {export_dir} \"a short news story about football\""]
+                  "--signature_def serving_default "
+                  "--input_exprs 'text=[\"a short news story about football\"]'",
+                  f"python -m tfpretrain.predict --model {export_dir} "
+                  "\"a short news story about football\""]
     else:
         lines += [f"python -m tfpretrain.predict --model {export_dir} image1.png image2.jpg"]
     lines += ["```", ""]
     if tflite:
-        saved_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(export_dir) for f in fs)
+        saved_bytes = sum(os.path.getsize(os.path.join(d, f))
+                          for d, _, fs in os.walk(export_dir) for f in fs)
         lines += ["### TFLite", "",
-                  "The TFLite models take token ids (`input_word_ids`, `input_mask`, `input_type_ids`, int32 "
-                  "`[batch, seq_length]`) and return logits; tokenise with the SavedModel's `preprocess` "
-                  "signature (or `vocab.txt` beside them with a WordPiece tokeniser). `dynamic_range`: int8 "
-                  "weights, float activations. `int8`: the fully-connected layers and embedding lookups run "
-                  "in int8 (weights and activations, calibrated on a sample of the training split); "
-                  "LayerNorm, softmax and GELU stay float, because int8 there cost about 25 points on BBC "
-                  "News (see `tfpretrain/tflite.py`).", ""]
-        rows = [("SavedModel (float32)", f"{saved_bytes / 2**20:.1f} MiB", "100%", _percent(test and test["accuracy"]))]
+                  "The TFLite models take token ids (`input_word_ids`, `input_mask`, "
+                  "`input_type_ids`, int32 `[batch, seq_length]`) and return logits; tokenise with "
+                  "the SavedModel's `preprocess` signature (or `vocab.txt` beside them with a "
+                  "WordPiece tokeniser). `dynamic_range`: int8 weights, float activations. `int8`: "
+                  "the fully-connected layers and embedding lookups run in int8 (weights and "
+                  "activations, calibrated on a sample of the training split); LayerNorm, softmax "
+                  "and GELU stay float, because int8 there cost about 25 points on BBC News (see "
+                  "`tfpretrain/tflite.py`).", ""]
+        rows = [("SavedModel (float32)", f"{saved_bytes / 2**20:.1f} MiB", "100%",
+                 _percent(test and test["accuracy"]))]
         for variant, info in tflite.items():
             rows.append((f"`{info['file']}`", f"{info['bytes'] / 2**20:.1f} MiB",
-                         f"{100 * info['bytes'] / saved_bytes:.0f}%", _percent(info.get("accuracy"))))
-        lines += _table(["model", "size", "of SavedModel", "test accuracy"], rows) + [""]
+                         f"{100 * info['bytes'] / saved_bytes:.0f}%",
+                         _percent(info.get("accuracy"))))
+        lines += table(["model", "size", "of SavedModel", "test accuracy"], rows) + [""]
     return lines
+
+
+def write_mlm_report(workdir: str, results: dict, *, title: str, encoder: str,
+                     steps_per_epoch: int | None, recipe: str = "bert_mlm_pretrain") -> str:
+    """Writes ``workdir/report.md`` and ``learning_curves.png`` of a masked-LM pretraining run:
+    held-out masked-token accuracy and loss before and after, against the most-frequent-token
+    baseline, and how to fine-tune the export."""
+    start, end = results["heldout_start"], results["heldout_end"]
+    base = results["most_frequent_token"]
+    train_loss = read_scalars(os.path.join(workdir, "logs", "train"), "loss")
+    plot_learning_curves(train_loss, results["validation_history"],
+                         os.path.join(workdir, "learning_curves.png"), steps_per_epoch)
+    export = os.path.join(workdir, "export")
+    lines = [f"# Masked-LM pretraining: {title}", "",
+             f"Encoder: {encoder}; vocabulary {results['vocab_size']} tokens; windows "
+             f"{results['windows']}.", ""]
+    lines += table(["held-out masked tokens", "accuracy", "loss"], [
+        ("before training", _percent(start["accuracy"]), f"{start['loss']:.4f}"),
+        (f"after {results['steps']} steps", _percent(end["accuracy"]), f"{end['loss']:.4f}"),
+        (f"always the most frequent token (id {base['token_id']})", _percent(base["accuracy"]),
+         "")])
+    lines += ["", "![learning curves](learning_curves.png)", "",
+              "Fine-tune it: `python -m recipes.bert_text_classifier "
+              f"--model.encoder={export}/encoder --model.preprocessor={export}/preprocessor`", "",
+              f"Rerun: `python -m recipes.{recipe} --config {workdir}/config.json`", ""]
+    path = os.path.join(workdir, "report.md")
+    write_text(path, "\n".join(lines))
+    return path

@@ -4,8 +4,9 @@ The exports tokenise inside the graph with TF Text ops; the stock ``saved_model_
 not import ``tensorflow_text`` and fails with "Op type not registered 'RegexSplitWithOffsets'".
 Same arguments as ``saved_model_cli``:
 
-    python -m tfpretrain.saved_model_cli run --dir runs/bert_text_classifier/export --tag_set serve \\
-        --signature_def serving_default --input_exprs 'text=["Shares fell 5% after the results."]'
+    python -m tfpretrain.saved_model_cli run --dir runs/bert_text_classifier/export \\
+        --tag_set serve --signature_def serving_default \\
+        --input_exprs 'text=["Shares fell 5% after the results."]'
 """
 
 import os

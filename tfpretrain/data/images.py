@@ -16,26 +16,42 @@ Training order is a pure function of the shuffle seed, as in ``pipeline.py``: th
 ``seed + epoch`` to ``make_image_batches``.
 """
 
-import concurrent.futures
-import hashlib
-import os
-import re
-import sys
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
+from tfpretrain.config import DatasetConfig, option
+from tfpretrain.data.image_folders import from_folder, require_two_classes
 from tfpretrain.data.pipeline import count_examples, finish_batches
 from tfpretrain.data.tfds import DataError, load_tfds_splits
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+
+@dataclasses.dataclass
+class ImageDataConfig(DatasetConfig):
+    """Where an image recipe's examples come from: a TFDS dataset or a folder of class folders."""
+
+    name: str = option("TFDS image dataset (digits_target, digits_source, tf_flowers, cifar10, "
+                       "beans, mnist, ...); ignored when image_dir is set", "digits_target")
+    image_dir: str = option("local folder with one subfolder of images per class "
+                            "(JPEG/PNG/BMP/GIF)", "")
+    validation_fraction: float = option("image_dir: share of each class held out for validation",
+                                        0.1)
+    test_fraction: float = option("image_dir: share of each class held out for testing", 0.2)
+    bad_images: str = option("an unreadable image file: 'skip' (named and counted in the log) or "
+                             "'error'", "skip")
+    image_key: str = option("TFDS image feature", "image")
+    label_key: str = option("TFDS label feature", "label")
+    train_per_class: int = option("keep only the first N training images of each class (0 = all); "
+                                  "digits_target's default low-data regime is 20", 20)
+    augment: str = option("training-split augmentation, comma-separated from flip, rotation, "
+                          "zoom, contrast ('' = none)", "rotation,zoom,contrast")
+
 AUGMENTATIONS = ("flip", "rotation", "zoom", "contrast")
-BAD_IMAGES = ("skip", "error")
 INDEX_IN_CLASS = "index_in_class"  # the feature the project's digits builders rank examples by
-
-
-def _plural(count, noun):
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _per_class_note(counts, per_class):
@@ -56,12 +72,6 @@ def _summary(where, counts, train_per_class, n_classes, train_counts=None, notes
     print(line + (f"; {', '.join(notes)}" if notes else ""), flush=True)
 
 
-def _require_two_classes(names, where):
-    if len(names) < 2:
-        raise DataError(f"{where} has {len(names)} usable class(es) ({names}); a classifier needs two "
-                        "or more")
-
-
 # --- TFDS -----------------------------------------------------------------------------------
 
 
@@ -75,7 +85,8 @@ def _first_per_class(dataset, label_of, per_class, n_classes):
 
     def count(seen, element):
         label = tf.cast(label_of(element), tf.int32)
-        seen_now = tf.tensor_scatter_nd_add(seen, tf.reshape(label, [1, 1]), tf.ones([1], tf.int64))
+        seen_now = tf.tensor_scatter_nd_add(seen, tf.reshape(label, [1, 1]),
+                                            tf.ones([1], tf.int64))
         return seen_now, (seen[label], element)
 
     def is_early(rank, element):
@@ -94,23 +105,24 @@ def _from_tfds(config):
     datasets, names = {}, None
     for split, (dataset, info) in load_tfds_splits(config).items():
         features = info.features
-        for key, option in ((config.image_key, "image_key"), (config.label_key, "label_key")):
+        for key, field in ((config.image_key, "image_key"), (config.label_key, "label_key")):
             if key not in features:
-                raise DataError(f"{where} has no feature {key!r} (data.{option}); it has "
+                raise DataError(f"{where} has no feature {key!r} (data.{field}); it has "
                                 f"{sorted(features.keys())}")
         if len(features[config.image_key].shape) != 3:
-            raise DataError(f"{where}: feature {config.image_key!r} (data.image_key) is not an image "
-                            f"[height, width, channels] but has shape {features[config.image_key].shape}")
+            raise DataError(f"{where}: feature {config.image_key!r} (data.image_key) is not an "
+                            f"image [height, width, channels] but has shape "
+                            f"{features[config.image_key].shape}")
         if not hasattr(features[config.label_key], "names"):
-            raise DataError(f"{where}: feature {config.label_key!r} (data.label_key) is not a class "
-                            f"label; it has {sorted(features.keys())}")
+            raise DataError(f"{where}: feature {config.label_key!r} (data.label_key) is not a "
+                            f"class label; it has {sorted(features.keys())}")
         names = list(features[config.label_key].names)
         if split == "train" and config.train_per_class > 0:
             if INDEX_IN_CLASS in features:
                 dataset = dataset.filter(lambda x: x[INDEX_IN_CLASS] < config.train_per_class)
             else:
-                dataset = _first_per_class(dataset, lambda x: x[config.label_key], config.train_per_class,
-                                           len(names))
+                dataset = _first_per_class(dataset, lambda x: x[config.label_key],
+                                           config.train_per_class, len(names))
         datasets[split] = dataset.map(
             lambda x: (x[config.image_key], tf.cast(x[config.label_key], tf.int64))
         )
@@ -125,143 +137,11 @@ def _class_counts(dataset, n_classes):
     return counts
 
 
-# --- image folders --------------------------------------------------------------------------
-
-
-def _error_line(error):
-    """The first line of a TF error message, without its ``{{function_node ...}}`` prefix and
-    ``[Op:...]`` suffix."""
-    message = getattr(error, "message", None) or str(error) or type(error).__name__
-    message = re.sub(r"\{\{[^}]*\}\}\s*", "", message.strip()).splitlines()[0]
-    return re.sub(r"\s*\[Op:\w+\].*$", "", message).strip() or type(error).__name__
-
-
-def _check_image(path):
-    """``None`` when ``path`` decodes as an image (the way ``to_float_image`` decodes it), else the
-    first line of the error."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-        tf.io.decode_image(data, channels=3, expand_animations=False)
-    except (OSError, tf.errors.OpError) as error:
-        return _error_line(error)
-    return None
-
-
-def _class_files(folder):
-    """(relative paths with an image extension, number of other files) under ``folder``, recursively;
-    hidden files and folders (``.name``) are skipped."""
-    images, others = [], 0
-    for parent, subfolders, files in os.walk(folder, followlinks=True):
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            if name.lower().endswith(IMAGE_EXTENSIONS):
-                images.append(os.path.relpath(os.path.join(parent, name), folder).replace(os.sep, "/"))
-            else:
-                others += 1
-    return images, others
-
-
-def _split_sizes(n, validation_fraction, test_fraction):
-    """(test, validation) sizes of a class of ``n`` images; at least one image stays for training."""
-    n_test, n_validation = round(n * test_fraction), round(n * validation_fraction)
-    excess = n_test + n_validation - (n - 1)
-    if n >= 1 and excess > 0:
-        taken = min(excess, n_validation)
-        n_validation -= taken
-        n_test -= excess - taken
-    return n_test, n_validation
-
-
-def _check_folder_config(config):
-    if config.bad_images not in BAD_IMAGES:
-        raise DataError(f"data.bad_images must be one of {BAD_IMAGES}, got {config.bad_images!r}")
-    for option in ("validation_fraction", "test_fraction"):
-        if not 0 <= getattr(config, option) < 1:
-            raise DataError(f"data.{option} must be in [0, 1), got {getattr(config, option)!r}")
-    if config.validation_fraction + config.test_fraction >= 1:
-        raise DataError(f"data.validation_fraction + data.test_fraction must be below 1, got "
-                        f"{config.validation_fraction} + {config.test_fraction}")
-    root = config.image_dir
-    if not os.path.isdir(root):
-        raise DataError(f"image_dir {root} does not exist or is not a folder (data.image_dir)")
-    classes = sorted(d for d in os.listdir(root)
-                     if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
-    if not classes:
-        raise DataError(f"image_dir {root} has no class subfolders; it needs one folder of images per class")
-    return classes
-
-
-def _from_folder(config):
-    root = config.image_dir
-    classes = _check_folder_config(config)
-    listed, ignored = {}, 0
-    for name in classes:
-        listed[name], others = _class_files(os.path.join(root, name))
-        ignored += others
-    paths = [os.path.join(root, name, relative) for name in classes for relative in listed[name]]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) + 4)) as pool:
-        errors = dict(zip(paths, pool.map(_check_image, paths)))  # TF decoding releases the GIL
-
-    readable, skipped = {}, 0
-    for name in classes:
-        readable[name] = []
-        for relative in listed[name]:
-            path = os.path.join(root, name, relative)
-            if errors[path] is None:
-                readable[name].append(relative)
-            elif config.bad_images == "error":
-                raise DataError(f"unreadable image {path} ({errors[path]}); fix or remove it, or set "
-                                "data.bad_images=skip")
-            else:
-                print(f"warning: skipping unreadable image {path} ({errors[path]})", file=sys.stderr,
-                      flush=True)
-                skipped += 1
-        if not readable[name]:
-            print(f"warning: class folder {os.path.join(root, name)} has no readable images; class "
-                  f"{name!r} dropped", file=sys.stderr, flush=True)
-    names = [name for name in classes if readable[name]]
-    _require_two_classes(names, f"image_dir {root}")
-
-    splits = {"train": ([], [])}
-    if config.validation_fraction > 0:
-        splits["validation"] = ([], [])
-    if config.test_fraction > 0:
-        splits["test"] = ([], [])
-    train_counts = []
-    for label, name in enumerate(names):
-        ordered = sorted(readable[name], key=lambda r, n=name: hashlib.sha1(f"{n}/{r}".encode()).hexdigest())
-        n_test, n_validation = _split_sizes(len(ordered), config.validation_fraction, config.test_fraction)
-        parts = {"test": ordered[:n_test], "validation": ordered[n_test:n_test + n_validation],
-                 "train": ordered[n_test + n_validation:]}
-        if config.train_per_class > 0:
-            parts["train"] = parts["train"][:config.train_per_class]
-        train_counts.append(len(parts["train"]))
-        for split, (split_paths, split_labels) in splits.items():
-            split_paths += [os.path.join(root, name, relative) for relative in parts[split]]
-            split_labels += [label] * len(parts[split])
-
-    for split, (split_paths, _) in splits.items():
-        if not split_paths:
-            fraction = getattr(config, f"{split}_fraction")
-            raise DataError(f"image_dir {root}: the {split} split is empty; its classes are too small "
-                            f"for data.{split}_fraction={fraction} (add images or set it to 0)")
-    datasets = {
-        split: tf.data.Dataset.from_tensor_slices(
-            (tf.constant(split_paths, tf.string), tf.constant(split_labels, tf.int64))
-        ).map(lambda path, label: (tf.io.read_file(path), label))
-        for split, (split_paths, split_labels) in splits.items()
-    }
-    notes = (_plural(skipped, "unreadable image") + " skipped" if skipped else "",
-             _plural(ignored, "other file") + " ignored" if ignored else "")
-    counts = {split: len(split_paths) for split, (split_paths, _) in splits.items()}
-    return datasets, names, counts, train_counts, notes
-
-
-def make_image_datasets(config):
-    """({'train'|'validation'|'test': dataset of (image, label)}, label_names) for an ImageDataConfig.
+def make_image_datasets(
+    config: ImageDataConfig,
+) -> tuple[dict[str, tf.data.Dataset], list[str]]:
+    """({'train'|'validation'|'test': dataset of (image, label)}, label_names) for an
+    ImageDataConfig.
 
     ``image`` is the encoded file (a ``tf.string`` scalar: JPEG, PNG, BMP or GIF) from
     ``config.image_dir``, or a uint8 ``[height, width, channels]`` tensor from TFDS
@@ -282,28 +162,31 @@ def make_image_datasets(config):
     Prints one line: the split sizes and the number of classes (plus skipped/ignored files).
 
     Example:
-        >>> datasets, names = make_image_datasets(ImageDataConfig(name="digits_target"))  # doctest: +SKIP
+        >>> datasets, names = make_image_datasets(
+        ...     ImageDataConfig(name="digits_target"))  # doctest: +SKIP
         digits_target: train 100 (20 per class), validation 249, test 247 images, 5 classes
         >>> names
         ['5', '6', '7', '8', '9']
     """
     if config.image_dir:
-        datasets, names, counts, train_counts, notes = _from_folder(config)
+        datasets, names, counts, train_counts, notes = from_folder(config)
         where = config.image_dir
     else:
         datasets, names = _from_tfds(config)
         if names is None:
             raise DataError(f"TFDS {config.name}: no split to load (data.train_split is empty)")
         where, notes = config.name, ()
-        _require_two_classes(names, f"TFDS {config.name}")
+        require_two_classes(names, f"TFDS {config.name}")
         train_counts = None
         if "train" in datasets and config.train_per_class > 0:
             train_counts = _class_counts(datasets["train"], len(names))
-        counts = {split: sum(train_counts) if split == "train" and train_counts else count_examples(dataset)
+        counts = {split: sum(train_counts) if split == "train" and train_counts
+                  else count_examples(dataset)
                   for split, dataset in datasets.items()}
         for split, count in counts.items():
             if not count:
-                raise DataError(f"TFDS {config.name}: the {split} split is empty (data.{split}_split)")
+                raise DataError(f"TFDS {config.name}: the {split} split is empty "
+                                f"(data.{split}_split)")
     _summary(where, counts, config.train_per_class, len(names), train_counts, notes)
     return datasets, names
 
@@ -320,12 +203,13 @@ def _to_rgb(image):
     if channels == 4:
         return image[..., :3]  # RGBA: the alpha channel is dropped
     if channels is None:
-        rgb = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]), lambda: image[..., :3])
+        rgb = tf.cond(tf.shape(image)[-1] == 1, lambda: tf.tile(image, [1, 1, 3]),
+                      lambda: image[..., :3])
         return tf.ensure_shape(rgb, [None, None, 3])
     raise ValueError(f"an image needs 1, 3 or 4 channels, got shape {image.shape}")
 
 
-def to_float_image(image, image_size):
+def to_float_image(image: tf.Tensor | bytes, image_size: int) -> tf.Tensor:
     """One image → float32 ``[image_size, image_size, 3]`` in [0, 1], with TF ops only.
 
     ``image`` is encoded JPEG/PNG/BMP/GIF bytes (a ``tf.string`` scalar; a GIF's first frame) or
@@ -354,12 +238,13 @@ def _augmentation_names(names):
     for name in (n.strip() for n in names):
         if name and name not in chosen:
             if name not in AUGMENTATIONS:
-                raise ValueError(f"unknown augmentation {name!r} (data.augment); choose from {AUGMENTATIONS}")
+                raise ValueError(f"unknown augmentation {name!r} (data.augment); choose from "
+                                 f"{AUGMENTATIONS}")
             chosen.append(name)
     return chosen
 
 
-def build_augmenter(names, seed):
+def build_augmenter(names: str | Sequence[str], seed: int | None) -> keras.Sequential | None:
     """A ``keras.Sequential`` of random Keras preprocessing layers, or ``None`` for no names.
 
     ``names``: a comma-separated string (``"rotation,zoom,contrast"``) or a sequence, applied in
@@ -390,9 +275,11 @@ def build_augmenter(names, seed):
     return keras.Sequential([factories[name](layer_seed(name)) for name in chosen], name="augment")
 
 
-def make_image_batches(examples, batch_size, image_size, augment=None, shuffle_seed=None,
-                       shuffle_buffer=10000, skip_batches=0):
-    """``(image, label)`` examples → batches of (float32 ``[b, s, s, 3]`` in [0, 1], int64 ``[b]``).
+def make_image_batches(examples: tf.data.Dataset, batch_size: int, image_size: int,
+                       augment: keras.layers.Layer | None = None, shuffle_seed: int | None = None,
+                       shuffle_buffer: int = 10000, skip_batches: int = 0) -> tf.data.Dataset:
+    """``(image, label)`` examples → batches of (float32 ``[b, s, s, 3]`` in [0, 1], int64
+    ``[b]``).
 
     Args:
         examples: a split from ``make_image_datasets`` (images as bytes or uint8 tensors).
@@ -411,7 +298,8 @@ def make_image_batches(examples, batch_size, image_size, augment=None, shuffle_s
         ...                              shuffle_seed=42 + epoch)  # doctest: +SKIP
     """
     if shuffle_seed is not None:
-        examples = examples.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        examples = examples.shuffle(shuffle_buffer, seed=shuffle_seed,
+                                    reshuffle_each_iteration=False)
     if skip_batches:
         examples = examples.skip(skip_batches * batch_size)  # = batch().skip(), without decoding
     batches = examples.map(
@@ -419,6 +307,25 @@ def make_image_batches(examples, batch_size, image_size, augment=None, shuffle_s
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True,
     ).batch(batch_size)
     if augment is not None:  # sequential map: the layers' random state advances in batch order
-        batches = batches.map(lambda images, labels: (tf.cast(augment(images, training=True), tf.float32),
-                                                      labels))
+        batches = batches.map(
+            lambda images, labels: (tf.cast(augment(images, training=True), tf.float32), labels)
+        )
     return finish_batches(batches)
+
+
+def encode_images(examples: tf.data.Dataset, count: int) -> list[bytes]:
+    """Encoded bytes of the first ``count`` images of a split: a folder's own file bytes, else
+    PNG and JPEG in turn (so an export check covers both decoders)."""
+    encoded = []
+    for index, (image, _) in enumerate(examples.take(count)):
+        if image.dtype == tf.string:
+            encoded.append(image.numpy())
+        else:
+            encoded.append((tf.io.encode_png if index % 2 else tf.io.encode_jpeg)(image).numpy())
+    return encoded
+
+
+def decode_images(encoded: list[bytes], image_size: int) -> tf.Tensor:
+    """Encoded images → float32 ``[n, image_size, image_size, 3]``, as training and serving
+    decode them (``to_float_image``)."""
+    return tf.stack([to_float_image(tf.constant(b), image_size) for b in encoded])

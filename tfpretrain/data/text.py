@@ -4,7 +4,10 @@ From a TFDS name (with feature-key mapping and split slicing) or local CSV/TSV/J
 (a text column and a label column; labels as strings or integers).
 """
 
+from __future__ import annotations
+
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -12,7 +15,26 @@ import sys
 
 import tensorflow as tf
 
+from tfpretrain.config import DatasetConfig, option
 from tfpretrain.data.tfds import DataError, load_tfds_splits
+
+
+@dataclasses.dataclass
+class TextDataConfig(DatasetConfig):
+    """Where a text recipe's examples come from: a TFDS dataset or local files."""
+
+    name: str = option("TFDS dataset name (bbc_news, glue/sst2, imdb_reviews, ag_news_subset, "
+                       "...); ignored when train_file is set", "bbc_news")
+    train_file: str = option("local CSV/TSV/JSONL training file (instead of a TFDS name)", "")
+    validation_file: str = option("local validation file (default: 10% split off train_file)",
+                                  "")
+    test_file: str = option("local test file (default: none)", "")
+    text_key: str = option("text feature/column ('' = guess: text, sentence, description, ...)",
+                           "")
+    label_key: str = option("label feature/column", "label")
+    invalid_utf8: str = option("invalid UTF-8 in local files: 'replace' (with U+FFFD, counted in "
+                               "the log) or 'error'", "replace")
+
 
 _TEXT_KEYS = ("text", "sentence", "description", "content", "document", "review")
 
@@ -105,7 +127,8 @@ def _to_ids(labels, names, path):
 
 def _require_two_classes(names):
     if len(names) < 2:
-        raise DataError(f"the training data has a single class ({names}); a classifier needs two or more")
+        raise DataError(f"the training data has a single class ({names}); a classifier needs two "
+                        "or more")
 
 
 def _from_files(config):
@@ -115,18 +138,22 @@ def _from_files(config):
     _require_two_classes(names)
     splits = {"train": (texts, _to_ids(labels, names, config.train_file))}
     if config.validation_file:
-        t, l = _file_examples(config.validation_file, config.text_key, config.label_key,
-                              config.invalid_utf8)
-        splits["validation"] = (t, _to_ids(l, names, config.validation_file))
+        t, label_strings = _file_examples(config.validation_file, config.text_key,
+                                          config.label_key, config.invalid_utf8)
+        splits["validation"] = (t, _to_ids(label_strings, names, config.validation_file))
     else:  # Deterministic: every 10th row is held out.
         texts, ids = splits.pop("train")
-        splits["train"] = ([t for i, t in enumerate(texts) if i % 10], [y for i, y in enumerate(ids) if i % 10])
+        splits["train"] = ([t for i, t in enumerate(texts) if i % 10],
+                           [y for i, y in enumerate(ids) if i % 10])
         splits["validation"] = (texts[::10], ids[::10])
     if config.test_file:
-        t, l = _file_examples(config.test_file, config.text_key, config.label_key, config.invalid_utf8)
-        splits["test"] = (t, _to_ids(l, names, config.test_file))
+        t, label_strings = _file_examples(config.test_file, config.text_key, config.label_key,
+                                          config.invalid_utf8)
+        splits["test"] = (t, _to_ids(label_strings, names, config.test_file))
     datasets = {
-        split: tf.data.Dataset.from_tensor_slices((tf.constant(t, tf.string), tf.constant(y, tf.int32)))
+        split: tf.data.Dataset.from_tensor_slices(
+            (tf.constant(t, tf.string), tf.constant(y, tf.int32))
+        )
         for split, (t, y) in splits.items()
     }
     return datasets, names
@@ -147,11 +174,12 @@ def _from_tfds(config):
     return datasets, names
 
 
-def make_text_datasets(config):
-    """({'train'|'validation'|'test': dataset of (text, label_id)}, label_names) for a DataConfig.
+def make_text_datasets(config: TextDataConfig) -> tuple[dict[str, tf.data.Dataset], list[str]]:
+    """({'train'|'validation'|'test': dataset of (text, label_id)}, label_names) for a
+    TextDataConfig.
 
     Example:
-        >>> datasets, names = make_text_datasets(DataConfig(name="bbc_news"))  # doctest: +SKIP
+        >>> datasets, names = make_text_datasets(TextDataConfig(name="bbc_news"))  # doctest: +SKIP
         >>> names
         ['business', 'entertainment', 'politics', 'sport', 'tech']
     """

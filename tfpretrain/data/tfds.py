@@ -20,12 +20,20 @@ rank within its class in its split, in that fixed order, so ``index_in_class < N
 first N per class.
 """
 
+from __future__ import annotations
+
 import hashlib
 import importlib.util
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from tfpretrain.zoo import cache_dir
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 SPLIT_FRACTIONS = (("train", 0.7), ("validation", 0.1), ("test", 0.2))
@@ -44,11 +52,12 @@ def _bbc_files():
     files = {}
     for folder in sorted(os.listdir(root)):
         topic = folders.get(folder, folder)
-        files[topic] = [os.path.join(root, folder, name) for name in os.listdir(os.path.join(root, folder))]
+        files[topic] = [os.path.join(root, folder, name)
+                        for name in os.listdir(os.path.join(root, folder))]
     return files
 
 
-def bbc_split(files_by_topic):
+def bbc_split(files_by_topic: dict[str, list[str]]) -> dict[str, list[tuple[str, str]]]:
     """{split: [(topic, path)]}: the deterministic stratified 70/10/20 split described above."""
     splits = {name: [] for name, _ in SPLIT_FRACTIONS}
     for topic, paths in sorted(files_by_topic.items()):
@@ -57,7 +66,8 @@ def bbc_split(files_by_topic):
         )
         start = 0
         for index, (name, fraction) in enumerate(SPLIT_FRACTIONS):
-            end = len(ordered) if index == len(SPLIT_FRACTIONS) - 1 else start + round(fraction * len(ordered))
+            end = (len(ordered) if index == len(SPLIT_FRACTIONS) - 1
+                   else start + round(fraction * len(ordered)))
             splits[name] += [(topic, path) for path in ordered[start:end]]
             start = end
     return splits
@@ -124,7 +134,7 @@ def _digits_by_class(digits):
     return by_class
 
 
-def digits_source_split():
+def digits_source_split() -> dict[str, dict[int, list[tuple[int, np.ndarray]]]]:
     """{split: {digit: [(index, image)]}}: digits 0-4, the first 90% of each in train."""
     splits = {"train": {}, "validation": {}}
     for digit, items in _digits_by_class(range(5)).items():
@@ -133,7 +143,7 @@ def digits_source_split():
     return splits
 
 
-def digits_target_split():
+def digits_target_split() -> dict[str, dict[int, list[tuple[int, np.ndarray]]]]:
     """{split: {digit: [(index, image)]}}: digits 5-9, 80 of each in train, the rest alternate."""
     splits = {"train": {}, "validation": {}, "test": {}}
     for digit, items in _digits_by_class(range(5, 10)).items():
@@ -170,7 +180,8 @@ class _Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # the images come with scikit-learn
-        return {name: self._generate_examples(by_class) for name, by_class in self._digit_splits().items()}
+        return {name: self._generate_examples(by_class)
+                for name, by_class in self._digit_splits().items()}
 
     def _generate_examples(self, by_class):
         for digit, items in by_class.items():
@@ -199,12 +210,13 @@ class DigitsTarget(_Digits):
         return digits_target_split()
 
 
-def default_data_dir():
-    cache = os.path.expanduser(os.environ.get("TFPRETRAIN_CACHE", "~/.cache/tfpretrain"))
-    return os.path.join(cache, "tensorflow_datasets")
+def default_data_dir() -> str:
+    """Where TFDS datasets are prepared by default: ``tensorflow_datasets`` in the zoo's cache."""
+    return os.path.join(cache_dir(), "tensorflow_datasets")
 
 
-def load_tfds(name, split, data_dir=""):
+def load_tfds(name: str, split: str,
+              data_dir: str = "") -> tuple[tf.data.Dataset, tfds.core.DatasetInfo]:
     """(dataset of feature dicts, ``tfds.core.DatasetInfo``) for TFDS ``name`` and ``split``.
 
     Prepares the dataset first if needed (downloads for hub-hosted TFDS datasets; the project's
@@ -216,7 +228,8 @@ def load_tfds(name, split, data_dir=""):
     try:
         builder = tfds.builder(name, data_dir=data_dir or default_data_dir())
     except tfds.core.registered.DatasetNotFoundError:
-        raise DataError(f"unknown TFDS dataset {name!r} (data.name); see tfds.list_builders()") from None
+        raise DataError(f"unknown TFDS dataset {name!r} (data.name); "
+                        "see tfds.list_builders()") from None
     builder.download_and_prepare()
     try:
         dataset = builder.as_dataset(split=split, shuffle_files=False)
@@ -227,8 +240,11 @@ def load_tfds(name, split, data_dir=""):
     return dataset, builder.info
 
 
-def load_tfds_splits(config):
+def load_tfds_splits(config: Any) -> dict[str, tuple[tf.data.Dataset, tfds.core.DatasetInfo]]:
     """``{"train"|"validation"|"test": (dataset, info)}`` for the TFDS splits a data config names
-    (``config.train_split`` / ``validation_split`` / ``test_split`` of ``config.name``; '' = absent)."""
-    named = (("train", config.train_split), ("validation", config.validation_split), ("test", config.test_split))
-    return {split: load_tfds(config.name, tfds_split, config.data_dir) for split, tfds_split in named if tfds_split}
+    (``config.train_split`` / ``validation_split`` / ``test_split`` of ``config.name``; '' =
+    absent)."""
+    named = (("train", config.train_split), ("validation", config.validation_split),
+             ("test", config.test_split))
+    return {split: load_tfds(config.name, tfds_split, config.data_dir)
+            for split, tfds_split in named if tfds_split}

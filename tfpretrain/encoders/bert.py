@@ -1,6 +1,9 @@
 """BERT-family encoders in the TF Hub format: a preset, a local directory, gs:// or a hub URL."""
 
+from __future__ import annotations
+
 import dataclasses
+from typing import Any
 
 import tensorflow as tf
 
@@ -14,11 +17,11 @@ class EncoderError(ValueError):
 
 
 @dataclasses.dataclass
-class LoadedEncoder:
+class LoadedBertEncoder:
     """A fine-tunable encoder layer plus what feeding it needs."""
 
     layer: hub.HubLayer
-    preprocessor: object  # restored TF Hub-format preprocessor (tokenize, bert_pack_inputs)
+    preprocessor: Any  # restored TF Hub-format preprocessor (tokenize, bert_pack_inputs)
     encoder_handle: str
     preprocessor_handle: str
     seq_length: int
@@ -62,10 +65,13 @@ def _check_pair(layer, preprocessor, encoder, preprocessor_handle, seq_length):
         )
     for name in ("tokenize", "bert_pack_inputs"):
         if not hasattr(preprocessor, name):
-            raise EncoderError(f"{preprocessor_handle!r} is not a TF Hub BERT preprocessor (no .{name})")
+            raise EncoderError(f"{preprocessor_handle!r} is not a TF Hub BERT preprocessor "
+                               f"(no .{name})")
 
 
-def load_encoder(encoder="minilm_l6", preprocessor="", trainable=True, seq_length=None, pooling=None):
+def load_bert_encoder(encoder: str = "minilm_l6", preprocessor: str = "", trainable: bool = True,
+                      seq_length: int | None = None, pooling: str | None = None
+                      ) -> LoadedBertEncoder:
     """Loads a TF Hub-format BERT encoder and preprocessor.
 
     Args:
@@ -77,7 +83,7 @@ def load_encoder(encoder="minilm_l6", preprocessor="", trainable=True, seq_lengt
         pooling: ``"mean"`` or ``"pooled"`` (default: the preset's, else ``"pooled"``).
 
     Example:
-        >>> loaded = load_encoder("minilm_l6", trainable=True)  # doctest: +SKIP
+        >>> loaded = load_bert_encoder("minilm_l6", trainable=True)  # doctest: +SKIP
         >>> loaded.layer, loaded.seq_length  # doctest: +SKIP
     """
     encoder_path, preprocessor_path, info = _resolve_pair(encoder, preprocessor)
@@ -85,7 +91,7 @@ def load_encoder(encoder="minilm_l6", preprocessor="", trainable=True, seq_lengt
     pre = hub.load_saved_model(preprocessor_path)
     seq_length = seq_length or info.get("seq_length") or min(256, _rows(layer, "position") or 256)
     _check_pair(layer, pre, encoder, preprocessor_path, seq_length)
-    return LoadedEncoder(
+    return LoadedBertEncoder(
         layer=layer,
         preprocessor=pre,
         encoder_handle=encoder,
@@ -93,3 +99,8 @@ def load_encoder(encoder="minilm_l6", preprocessor="", trainable=True, seq_lengt
         seq_length=seq_length,
         pooling=pooling or info.get("pooling", "pooled"),
     )
+
+
+# Deprecated names, kept for one release.
+load_encoder = load_bert_encoder
+LoadedEncoder = LoadedBertEncoder

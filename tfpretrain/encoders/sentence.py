@@ -6,11 +6,14 @@ with one named string input) rather than ``__call__``. Frozen, their embeddings 
 once and cached (``load_embeddings``).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -58,7 +61,8 @@ def _resolve(handle):
     return hub.resolve_handle(handle)
 
 
-def load_sentence_encoder(handle="minilm_l6_sentence", trainable=False, signature="", output_key=""):
+def load_sentence_encoder(handle: str = "minilm_l6_sentence", trainable: bool = False,
+                          signature: str = "", output_key: str = "") -> LoadedSentenceEncoder:
     """Loads a strings → vectors SavedModel as a Keras layer.
 
     Args:
@@ -77,10 +81,12 @@ def load_sentence_encoder(handle="minilm_l6_sentence", trainable=False, signatur
     obj = hub.load_saved_model(path)
     if not signature and not callable(obj):
         if "serving_default" not in obj.signatures:
-            raise SentenceEncoderError(f"{handle!r} has neither __call__ nor a serving_default signature")
+            raise SentenceEncoderError(f"{handle!r} has neither __call__ nor a serving_default "
+                                       "signature")
         signature = "serving_default"
     if signature and not output_key:
-        outputs = obj.signatures[signature].structured_outputs if signature in obj.signatures else {}
+        outputs = (obj.signatures[signature].structured_outputs
+                   if signature in obj.signatures else {})
         if len(outputs) != 1:
             raise SentenceEncoderError(
                 f"signature {signature!r} of {handle!r} has outputs {sorted(outputs)}; "
@@ -89,12 +95,14 @@ def load_sentence_encoder(handle="minilm_l6_sentence", trainable=False, signatur
     layer = hub.HubLayer(obj, trainable=trainable, signature=signature or None,
                          output_key=output_key or None, name="sentence_encoder")
     if trainable and not layer.trainable_weights:
-        raise SentenceEncoderError(f"{handle!r} has no trainable variables; use model.trainable=false")
+        raise SentenceEncoderError(f"{handle!r} has no trainable variables; use "
+                                   "model.trainable=false")
     try:
         probe = layer(tf.constant(["probe"]))
     except (TypeError, ValueError, tf.errors.OpError) as error:
         raise SentenceEncoderError(
-            f"{handle!r} does not take a 1-D batch of strings: {str(error).splitlines()[0]}") from error
+            f"{handle!r} does not take a 1-D batch of strings: "
+            f"{str(error).splitlines()[0]}") from error
     if probe.shape.rank != 2 or not probe.dtype.is_floating:
         raise SentenceEncoderError(
             f"{handle!r} returns {probe.dtype.name} {probe.shape}, not [batch, dim] floats")
@@ -111,10 +119,12 @@ def _data_fingerprint(texts, labels):
     return digest.hexdigest()[:16]
 
 
-def embed_texts(encoder, texts, batch_size=_EMBED_BATCH, progress=None):
+def embed_texts(encoder: LoadedSentenceEncoder, texts: Sequence[str | bytes],
+                batch_size: int = _EMBED_BATCH, progress: str | None = None) -> np.ndarray:
     """``[len(texts), dim]`` float32 embeddings, in batches, with a progress line on stderr
     (redrawn in a terminal; about ten lines in a log file)."""
-    embed = tf.function(lambda batch: encoder.layer(batch, training=False), reduce_retracing=True)
+    embed = tf.function(lambda batch: encoder.layer(batch, training=False),
+                        reduce_retracing=True)
     chunks, start = [], time.time()
     interactive = sys.stderr.isatty()
     every = max(1, len(texts) // batch_size // 10)
@@ -124,13 +134,15 @@ def embed_texts(encoder, texts, batch_size=_EMBED_BATCH, progress=None):
         if progress and (interactive or number % every == 0 or done == len(texts)):
             rate = done / max(time.time() - start, 1e-9)
             print(f"{chr(13) if interactive else ''}  {progress}: {done}/{len(texts)} texts  "
-                  f"{rate:.1f} texts/s", end="" if interactive else "\n", file=sys.stderr, flush=True)
+                  f"{rate:.1f} texts/s", end="" if interactive else "\n", file=sys.stderr,
+                  flush=True)
     if progress and interactive:
         print(file=sys.stderr)
     return np.concatenate(chunks) if chunks else np.zeros((0, encoder.dim), np.float32)
 
 
-def load_embeddings(encoder, dataset, cache_dir, name=""):
+def load_embeddings(encoder: LoadedSentenceEncoder, dataset: tf.data.Dataset, cache_dir: str,
+                    name: str = "") -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, labels) of a ``(text, label)`` dataset, computed once and cached.
 
     The cache file is keyed by the encoder's fingerprint and a hash of every text and label, so
@@ -149,7 +161,8 @@ def load_embeddings(encoder, dataset, cache_dir, name=""):
     file = os.path.join(directory, "embeddings.npy")
     if os.path.exists(file):
         embeddings = np.load(file)
-        print(f"  {name}: reusing cached embeddings {embeddings.shape} from {directory}", flush=True)
+        print(f"  {name}: reusing cached embeddings {embeddings.shape} from {directory}",
+              flush=True)
         return embeddings, labels
     embeddings = embed_texts(encoder, texts, progress=f"embedding {name}")
     with atomic_directory(directory) as tmp:

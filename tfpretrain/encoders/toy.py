@@ -5,7 +5,10 @@ WordPiece vocabulary) and a Universal-Sentence-Encoder-contract model (hashed-wo
 embeddings): each exports in a second and trains in milliseconds per step.
 """
 
+from __future__ import annotations
+
 import os
+from collections.abc import Sequence
 
 TOY_WORDS = (
     "the a of to and in is it that for on with as was at by good bad great awful movie film "
@@ -15,7 +18,8 @@ TOY_WORDS = (
 ).split()
 
 
-def export_toy_bert(directory, words=TOY_WORDS, num_layers=2, hidden_dim=16, seed=0, dropout=0.1):
+def export_toy_bert(directory: str, words: Sequence[str] = TOY_WORDS, num_layers: int = 2,
+                    hidden_dim: int = 16, seed: int = 0, dropout: float = 0.1) -> tuple[str, str]:
     """Writes ``<directory>/encoder`` and ``<directory>/preprocessor``; returns both paths.
 
     Example:
@@ -24,11 +28,12 @@ def export_toy_bert(directory, words=TOY_WORDS, num_layers=2, hidden_dim=16, see
     import keras
     import keras_hub
 
-    from tfpretrain.hub_format import export_bert_encoder, export_bert_preprocessor
+    from tfpretrain.hub_export import export_bert_encoder, export_bert_preprocessor
 
     os.makedirs(directory, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(words))
-    pieces = ["##" + c for c in "abcdefghijklmnopqrstuvwxyz"] + list("abcdefghijklmnopqrstuvwxyz.,!?")
+    pieces = (["##" + c for c in "abcdefghijklmnopqrstuvwxyz"]
+              + list("abcdefghijklmnopqrstuvwxyz.,!?"))
     vocab += [piece for piece in pieces if piece not in vocab]
     vocab_file = os.path.join(directory, "vocab.txt")
     with open(vocab_file, "w") as f:
@@ -45,7 +50,8 @@ def export_toy_bert(directory, words=TOY_WORDS, num_layers=2, hidden_dim=16, see
     return encoder, preprocessor
 
 
-def export_toy_sentence_encoder(directory, dim=8, buckets=64, signature_only=False, seed=0):
+def export_toy_sentence_encoder(directory: str, dim: int = 8, buckets: int = 64,
+                                signature_only: bool = False, seed: int = 0) -> str:
     """Writes a tiny Universal-Sentence-Encoder-contract SavedModel at ``directory``.
 
     Strings in, ``[batch, dim]`` float32 out: the mean of hashed-word embeddings (trainable).
@@ -60,7 +66,8 @@ def export_toy_sentence_encoder(directory, dim=8, buckets=64, signature_only=Fal
     import tensorflow as tf
 
     root = tf.Module()
-    root.table = tf.Variable(tf.random.stateless_normal([buckets, dim], seed=[seed, 0]), name="table")
+    root.table = tf.Variable(tf.random.stateless_normal([buckets, dim], seed=[seed, 0]),
+                             name="table")
 
     def embed(texts):
         words = tf.strings.split(tf.strings.lower(texts))
@@ -69,7 +76,8 @@ def export_toy_sentence_encoder(directory, dim=8, buckets=64, signature_only=Fal
         return tf.reduce_sum(vectors, axis=1) / counts
 
     strings = tf.TensorSpec([None], tf.string, name="sentences")
-    serve = tf.function(lambda sentences: {"embedding": embed(sentences)}, input_signature=[strings])
+    serve = tf.function(lambda sentences: {"embedding": embed(sentences)},
+                        input_signature=[strings])
     if not signature_only:
         root.__call__ = tf.function(embed, input_signature=[strings])
     tf.saved_model.save(root, directory, signatures={"serving_default": serve})

@@ -1,17 +1,25 @@
 """Masked-language-model pretraining of TF Hub-format BERT encoders.
 
-The pieces: a WordPiece vocabulary learned from a corpus (KerasHub's learner), documents cut into
-``seq_length`` windows and masked with tensorflow-text's ``mask_language_model`` (15% of tokens or
-whole words; of those 80% ``[MASK]``, 10% a random token, 10% unchanged), BERT's masked-LM head
-tied to the encoder's word embeddings, its loss for ``tfpretrain.train.fit``, and an export that
-adds an ``mlm`` sub-object to the encoder, as TF Model Garden's ``model_with_mlm`` export does:
+The pieces: a WordPiece vocabulary learned from a corpus (KerasHub's learner), documents cut
+into ``seq_length`` windows and masked with tensorflow-text's ``mask_language_model`` (15% of
+tokens or whole words; of those 80% ``[MASK]``, 10% a random token, 10% unchanged), BERT's
+masked-LM head tied to the encoder's word embeddings, its loss for ``tfpretrain.train.fit``, and
+an export that adds an ``mlm`` sub-object to the encoder, as TF Model Garden's ``model_with_mlm``
+export does:
 
     encoder = tf.saved_model.load("<export>/encoder")
     logits = encoder.mlm({"input_word_ids": ..., "input_mask": ..., "input_type_ids": ...,
-                          "masked_lm_positions": ...})["mlm_logits"]   # [batch, positions, vocab]
+                          "masked_lm_positions": ...})["mlm_logits"]
+    # logits: [batch, positions, vocab]
 """
 
+from __future__ import annotations
+
 import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -20,19 +28,25 @@ import tensorflow as tf
 from tfpretrain.data.pipeline import finish_batches
 from tfpretrain.encoders.bert import INPUT_NAMES
 from tfpretrain.files import atomic_directory
-from tfpretrain.hub_format import normalize_uncased
+from tfpretrain.hub_export import normalize_uncased
+
+if TYPE_CHECKING:
+    from tfpretrain.encoders.bert import LoadedBertEncoder
+    from tfpretrain.hub import HubLayer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def learn_wordpiece_vocabulary(documents, vocabulary_size, path, lower_case=True):
+def learn_wordpiece_vocabulary(documents: tf.data.Dataset, vocabulary_size: int, path: str | None,
+                               lower_case: bool = True) -> list[str] | None:
     """Learns a WordPiece vocabulary of about ``vocabulary_size`` tokens from ``documents`` (a
     dataset of strings) with KerasHub's learner and writes it to ``path``, one token per line,
     ``SPECIAL_TOKENS`` first. Texts are normalised as ``export_bert_preprocessor`` will normalise
     them (``normalize_uncased`` when ``lower_case``), so the vocabulary matches its tokenizer.
 
     Example:
-        >>> vocab = learn_wordpiece_vocabulary(corpus["train"], 8000, "/tmp/vocab.txt")  # doctest: +SKIP
+        >>> vocab = learn_wordpiece_vocabulary(corpus["train"], 8000,
+        ...                                    "/tmp/vocab.txt")  # doctest: +SKIP
     """
     import keras_hub
 
@@ -59,17 +73,19 @@ class Masking:
     whole_word: bool = False
 
     @classmethod
-    def from_vocabulary(cls, vocab_file, **kwargs):
+    def from_vocabulary(cls, vocab_file: str, **kwargs: Any) -> Masking:
         with tf.io.gfile.GFile(vocab_file) as f:
             vocab = [line.rstrip("\n") for line in f]
         missing = [t for t in ("[CLS]", "[SEP]", "[MASK]") if t not in vocab]
         if missing:
-            raise ValueError(f"vocabulary {vocab_file} has no {missing} token(s); masked-LM training needs them")
+            raise ValueError(f"vocabulary {vocab_file} has no {missing} token(s); masked-LM "
+                             "training needs them")
         return cls(len(vocab), vocab.index("[CLS]"), vocab.index("[SEP]"),
                    vocab.index("[PAD]") if "[PAD]" in vocab else 0, vocab.index("[MASK]"), **kwargs)
 
 
-def make_windows(documents, preprocessor, seq_length):
+def make_windows(documents: tf.data.Dataset, preprocessor: Any,
+                 seq_length: int) -> tf.data.Dataset:
     """Each document tokenized and cut into windows of at most ``seq_length - 2`` word pieces
     (room for ``[CLS]`` and ``[SEP]``): a dataset of ``(piece_ids, word_index)`` int vectors, the
     word index saying which word of the document each piece belongs to (for whole-word masking).
@@ -80,8 +96,9 @@ def make_windows(documents, preprocessor, seq_length):
         tokens, words = pieces.flat_values, pieces.value_rowids()
         count = tf.size(tokens, out_type=tf.int64)
         splits = tf.concat([tf.range(0, count, window, dtype=tf.int64), [count]], axis=0)
-        return tf.data.Dataset.from_tensor_slices((tf.RaggedTensor.from_row_splits(tokens, splits),
-                                                   tf.RaggedTensor.from_row_splits(words, splits)))
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.RaggedTensor.from_row_splits(tokens, splits),
+             tf.RaggedTensor.from_row_splits(words, splits)))
 
     pieces = documents.batch(64).map(preprocessor.tokenize).unbatch()
     return pieces.flat_map(split).map(lambda tokens, words: (tf.cast(tokens, tf.int32), words))
@@ -95,30 +112,35 @@ def _mask_window(tokens, words, masking):
         words = tf.range(tf.size(words, out_type=tf.int64))  # every piece its own "word"
     grouped = tf.RaggedTensor.from_value_rowids(tokens, words - words[0])
     cls, sep = tf.constant([[masking.cls_id]]), tf.constant([[masking.sep_id]])
-    grouped = tf.concat([tf.RaggedTensor.from_tensor(cls), grouped, tf.RaggedTensor.from_tensor(sep)], axis=0)
-    selector = text.RandomItemSelector(masking.max_predictions, masking.mask_rate,
-                                       unselectable_ids=[masking.cls_id, masking.sep_id, masking.pad_id])
+    grouped = tf.concat([tf.RaggedTensor.from_tensor(cls), grouped,
+                         tf.RaggedTensor.from_tensor(sep)], axis=0)
+    selector = text.RandomItemSelector(
+        masking.max_predictions, masking.mask_rate,
+        unselectable_ids=[masking.cls_id, masking.sep_id, masking.pad_id])
     chooser = text.MaskValuesChooser(masking.vocab_size, masking.mask_id, 0.8, 0.1)
-    ids, positions, targets = text.mask_language_model(tf.expand_dims(grouped, 0), selector, chooser, axis=1)
+    ids, positions, targets = text.mask_language_model(tf.expand_dims(grouped, 0), selector,
+                                                       chooser, axis=1)
     # Whole words can mask more pieces than max_predictions; only the first ones are scored.
     positions = positions.flat_values[:masking.max_predictions]
     targets = targets.flat_values[:masking.max_predictions]
     padding = [[0, masking.max_predictions - tf.size(positions)]]
     ids = ids.flat_values
-    inputs = {"input_word_ids": ids, "input_mask": tf.ones_like(ids), "input_type_ids": tf.zeros_like(ids),
+    inputs = {"input_word_ids": ids, "input_mask": tf.ones_like(ids),
+              "input_type_ids": tf.zeros_like(ids),
               "masked_lm_positions": tf.pad(tf.cast(positions, tf.int32), padding)}
     labels = {"masked_lm_ids": tf.pad(tf.cast(targets, tf.int32), padding),
               "masked_lm_weights": tf.pad(tf.ones_like(positions, tf.float32), padding)}
     return inputs, labels
 
 
-def make_mlm_batches(windows, masking, batch_size, seed, shuffle_seed=None, shuffle_buffer=10000,
-                     skip_batches=0):
+def make_mlm_batches(windows: tf.data.Dataset, masking: Masking, batch_size: int, seed: int,
+                     shuffle_seed: int | None = None, shuffle_buffer: int = 10000,
+                     skip_batches: int = 0) -> tf.data.Dataset:
     """Masked batches of ``windows`` (``make_windows``), padded to their longest window.
 
-    The masks are a pure function of ``seed`` and the window order: tensorflow-text's masking draws
-    from TensorFlow's global seed, which is set to ``seed`` while the pipeline is built, and the
-    masking map runs sequentially. A new ``seed`` per epoch gives new masks per epoch (dynamic
+    The masks are a pure function of ``seed`` and the window order: tensorflow-text's masking
+    draws from TensorFlow's global seed, which is set to ``seed`` while the pipeline is built, and
+    the masking map runs sequentially. A new ``seed`` per epoch gives new masks per epoch (dynamic
     masking), and a resumed run redraws exactly the masks of the batches it skips.
 
     Example:
@@ -126,7 +148,8 @@ def make_mlm_batches(windows, masking, batch_size, seed, shuffle_seed=None, shuf
         ...                            shuffle_seed=42 + epoch)  # doctest: +SKIP
     """
     if shuffle_seed is not None:
-        windows = windows.shuffle(shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        windows = windows.shuffle(shuffle_buffer, seed=shuffle_seed,
+                                  reshuffle_each_iteration=False)
     tf.random.set_seed(seed)
     batches = windows.map(lambda t, w: _mask_window(t, w, masking)).padded_batch(batch_size)
     if skip_batches:
@@ -134,7 +157,8 @@ def make_mlm_batches(windows, masking, batch_size, seed, shuffle_seed=None, shuf
     return finish_batches(batches)
 
 
-def masked_lm_loss(labels, logits):
+def masked_lm_loss(labels: dict[str, tf.Tensor],
+                   logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """Cross-entropy at each masked position, weighted by ``masked_lm_weights`` (0 for padding):
     the ``loss_fn`` of ``tfpretrain.train.fit`` for masked LM."""
     losses = keras.losses.sparse_categorical_crossentropy(
@@ -150,38 +174,42 @@ class MaskedLMHead(keras.layers.Layer):
     loaded from a SavedModel has its table as a plain variable, which this head takes.
     """
 
-    def __init__(self, embeddings, activation="gelu", epsilon=1e-12, **kwargs):
+    def __init__(self, embeddings: keras.Variable, activation: str = "gelu",
+                 epsilon: float = 1e-12, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         vocab_size, width = embeddings.shape
         # A closure, not an attribute: the table is the encoder's weight, and an attribute would
         # make it this layer's too (tracked, saved and trained twice).
         self._embeddings = lambda: embeddings
         initializer = keras.initializers.TruncatedNormal(stddev=0.02)
-        self.transform = keras.layers.Dense(width, activation=activation, kernel_initializer=initializer,
-                                            name="transform")
+        self.transform = keras.layers.Dense(width, activation=activation,
+                                            kernel_initializer=initializer, name="transform")
         self.layer_norm = keras.layers.LayerNormalization(epsilon=epsilon, name="layer_norm")
         self.transform.build((None, None, width))
         self.layer_norm.build((None, None, width))
-        self.output_bias = self.add_weight(shape=(vocab_size,), initializer="zeros", name="output_bias")
+        self.output_bias = self.add_weight(shape=(vocab_size,), initializer="zeros",
+                                           name="output_bias")
 
-    def call(self, sequence, positions):
+    def call(self, sequence: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
         hidden = tf.gather(sequence, positions, batch_dims=1)
         hidden = self.layer_norm(self.transform(hidden))
         return tf.matmul(hidden, self._embeddings(), transpose_b=True) + self.output_bias
 
 
-def word_embeddings(encoder_layer, vocab_size):
+def word_embeddings(encoder_layer: keras.layers.Layer, vocab_size: int) -> keras.Variable:
     """The encoder's word-embedding table: its ``[vocab_size, width]`` weight (by shape; by name
     when several fit), as a Keras variable shared with the encoder."""
     tables = [w for w in encoder_layer.weights if len(w.shape) == 2 and w.shape[0] == vocab_size]
     named = [w for w in tables if any(k in w.path for k in ("word", "token"))]
     if len(named or tables) != 1:
-        raise ValueError(f"cannot tell the word-embedding table of encoder {encoder_layer.name!r}: "
-                         f"{len(named or tables)} weights have {vocab_size} rows (the vocabulary size)")
+        raise ValueError(f"cannot tell the word-embedding table of encoder "
+                         f"{encoder_layer.name!r}: {len(named or tables)} weights have "
+                         f"{vocab_size} rows (the vocabulary size)")
     return (named or tables)[0]
 
 
-def build_mlm_model(encoder_layer, vocab_size):
+def build_mlm_model(encoder_layer: keras.layers.Layer,
+                    vocab_size: int) -> tuple[keras.Model, MaskedLMHead]:
     """A masked-LM model: BERT inputs plus ``masked_lm_positions`` → logits ``[batch, positions,
     vocab_size]``, the head tied to the encoder's word embeddings.
 
@@ -193,32 +221,42 @@ def build_mlm_model(encoder_layer, vocab_size):
               for name in INPUT_NAMES + ("masked_lm_positions",)}
     sequence = encoder_layer({name: inputs[name] for name in INPUT_NAMES})["sequence_output"]
     head = MaskedLMHead(word_embeddings(encoder_layer, vocab_size), name="mlm_head")
-    return keras.Model(inputs, head(sequence, inputs["masked_lm_positions"]), name="bert_mlm"), head
+    model = keras.Model(inputs, head(sequence, inputs["masked_lm_positions"]), name="bert_mlm")
+    return model, head
 
 
 @tf.function(reduce_retracing=True)
 def _score(model, inputs, labels):
     logits = model(inputs, training=False)
     losses, weights = masked_lm_loss(labels, logits)
-    correct = tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == labels["masked_lm_ids"], tf.float32)
+    correct = tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == labels["masked_lm_ids"],
+                      tf.float32)
     return tf.reduce_sum(losses * weights), tf.reduce_sum(correct * weights), tf.reduce_sum(weights)
 
 
-def evaluate_mlm(model, batches):
+def evaluate_mlm(
+    model: keras.Model, batches: Iterable[tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]],
+) -> dict[str, float]:
     """``{"accuracy", "loss", "masked_tokens"}`` over the masked positions of ``batches``."""
     loss = correct = count = 0.0
     for inputs, labels in batches:
         batch_loss, batch_correct, batch_count = (float(x) for x in _score(model, inputs, labels))
         loss, correct, count = loss + batch_loss, correct + batch_correct, count + batch_count
-    return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1), "masked_tokens": int(count)}
+    return {"accuracy": correct / max(count, 1), "loss": loss / max(count, 1),
+            "masked_tokens": int(count)}
 
 
-def most_frequent_token_baseline(windows, batches, masking):
+def most_frequent_token_baseline(
+    windows: tf.data.Dataset,
+    batches: Iterable[tuple[dict[str, tf.Tensor], dict[str, tf.Tensor]]],
+    masking: Masking,
+) -> tuple[int, float]:
     """Accuracy of always predicting the corpus's most frequent token (``windows``: the training
     windows) on the masked positions of ``batches``; returns ``(token_id, accuracy)``."""
     counts = np.zeros(masking.vocab_size, np.int64)
     for tokens in windows.map(lambda tokens, _: tokens).ragged_batch(4096):
-        counts += np.bincount(tokens.flat_values.numpy(), minlength=masking.vocab_size)[:masking.vocab_size]
+        counts += np.bincount(tokens.flat_values.numpy(),
+                              minlength=masking.vocab_size)[:masking.vocab_size]
     counts[[masking.cls_id, masking.sep_id, masking.pad_id, masking.mask_id]] = 0
     token = int(counts.argmax())
     hits = total = 0.0
@@ -229,9 +267,9 @@ def most_frequent_token_baseline(windows, batches, masking):
     return token, hits / max(total, 1)
 
 
-def export_encoder_with_mlm(encoder_layer, head, path):
-    """Writes the trained encoder (a ``HubLayer``'s SavedModel, its variables updated in place) at
-    ``path`` with an ``mlm`` sub-object: ``mlm(inputs, training=False)`` on the encoder's inputs
+def export_encoder_with_mlm(encoder_layer: HubLayer, head: MaskedLMHead, path: str) -> None:
+    """Writes the trained encoder (a ``HubLayer``'s SavedModel, its variables updated in place)
+    at ``path`` with an ``mlm`` sub-object: ``mlm(inputs, training=False)`` on the encoder's inputs
     plus int32 ``masked_lm_positions`` ``[batch, positions]`` returns the encoder's outputs plus
     ``mlm_logits`` ``[batch, positions, vocab]``; ``mlm.variables`` holds the encoder's and the
     head's. The encoder's own contract (``__call__``, ``serving_default``) is unchanged."""
@@ -250,7 +288,39 @@ def export_encoder_with_mlm(encoder_layer, head, path):
     mlm = tf.__internal__.tracking.AutoTrackable()
     mlm.__call__ = call
     mlm.variables = list(encoder.variables) + [w.value for w in head.weights]
-    mlm.trainable_variables = list(encoder.trainable_variables) + [w.value for w in head.trainable_weights]
+    mlm.trainable_variables = (list(encoder.trainable_variables)
+                               + [w.value for w in head.trainable_weights])
     encoder.mlm = mlm
     with atomic_directory(path) as tmp:
-        tf.saved_model.save(encoder, tmp, signatures={"serving_default": encoder.signatures["serving_default"]})
+        tf.saved_model.save(encoder, tmp,
+                            signatures={"serving_default": encoder.signatures["serving_default"]})
+
+
+def export_pretrained(encoder: LoadedBertEncoder, head: MaskedLMHead, path: str) -> str:
+    """Writes what masked-LM pretraining produced under ``path``: ``encoder/`` (with its ``mlm``
+    sub-object, see ``export_encoder_with_mlm``), a copy of the ``preprocessor/`` it was trained
+    with and that preprocessor's ``vocab.txt``."""
+    import shutil
+
+    from tfpretrain.hub import resolve_handle
+
+    export_encoder_with_mlm(encoder.layer, head, os.path.join(path, "encoder"))
+    with atomic_directory(os.path.join(path, "preprocessor")) as tmp:
+        shutil.copytree(resolve_handle(encoder.preprocessor_handle), tmp, dirs_exist_ok=True)
+    vocab_file = encoder.preprocessor.vocab_file.asset_path.numpy().decode()
+    shutil.copyfile(vocab_file, os.path.join(path, "vocab.txt"))
+    return path
+
+
+def restart_safe_evaluation(path: str, model: keras.Model, batches: list) -> dict[str, float]:
+    """``evaluate_mlm`` before training, kept in ``path``: a resumed run (checkpoints beside
+    ``path``) reads the first run's score instead of scoring its restored weights."""
+    from tfpretrain.files import write_json
+
+    checkpoints = os.path.join(os.path.dirname(path), "checkpoints")
+    if os.path.exists(path) and os.path.isdir(checkpoints):
+        with open(path) as f:
+            return json.load(f)
+    start = evaluate_mlm(model, batches)
+    write_json(path, start)
+    return start

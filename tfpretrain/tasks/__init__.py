@@ -1,0 +1,21 @@
+"""Task types: what turns encoder outputs into an answer.
+
+Each task type is one module with one class that supplies the same few things (see
+``SingleLabelClassification`` in ``classification.py``, the first of them):
+
+* ``build_head(dropout, seed, hidden_units)``: the Keras head (layer name ``classifier``);
+* ``loss(labels, outputs) -> (per-example losses, weights)``: what the training loop minimises;
+* ``evaluate(model, batches) -> metrics``, ``metric_names``, ``best_metric`` and
+  ``higher_is_better(metric)``: which validation metric picks the best checkpoint, and which way;
+* ``serving(scratch_dir) -> (outputs_fn, resources)``: the export's named outputs;
+* ``format_metrics``, ``summary_line``, ``report_lines``, ``describe_labels``: the run's printed
+  report, summary and ``report.md`` sections.
+
+The training loop, the run seam, the export writer and the report take these from the task and
+never branch on which task it is.
+"""
+
+
+def higher_is_better(metric: str) -> bool:
+    """Losses are minimised; every other metric (accuracy, F1, correlations) is maximised."""
+    return not metric.endswith("loss")

@@ -48,3 +48,14 @@ def test_bad_model_dir_is_one_line(tmp_path):
     assert (result.returncode == 2 and "error: --model" in result.stderr
             and "no SavedModel" in result.stderr)
     assert "Traceback" not in result.stderr
+
+
+def test_file_inputs_keep_one_output_per_line_blank_lines_included(export_dir, tmp_path):
+    lines = ["good film", "", "bad plot", "   ", "Café"]
+    (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = run_python(["-m", "tfpretrain.predict", "--model", export_dir, "--file",
+                         str(tmp_path / "texts.txt"), "--json"], timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [r["input"] for r in records] == lines
+

@@ -37,8 +37,10 @@ def _load(path):
         raise ValueError(f"--model {path}: serving_default takes {sorted(inputs)} and returns "
                          f"{sorted(outputs)}; expected one input and 'probabilities', 'label'")
     labels_file = os.path.join(path, "assets", "labels.txt")
-    names = (open(labels_file, encoding="utf-8").read().split("\n")[:-1]
-             if os.path.exists(labels_file) else None)
+    names = None
+    if os.path.exists(labels_file):
+        with open(labels_file, encoding="utf-8") as f:
+            names = f.read().split("\n")[:-1]
     return serve, next(iter(inputs)), names
 
 
@@ -57,9 +59,11 @@ def predict(path: str, texts: Sequence[str],
 
     serve, input_name, names = _load(path)
     if input_name.endswith("_bytes"):  # an image export: the inputs are image files
-        missing = [t for t in texts if not os.path.isfile(t)]
+        missing = [(i, t) for i, t in enumerate(texts, 1) if not os.path.isfile(t)]
         if missing:
-            raise FileNotFoundError(f"this export takes image files; not a file: {missing[0]}")
+            index, name = missing[0]
+            raise FileNotFoundError(f"this export takes image files; input {index} is not a "
+                                    f"file: {name or '(a blank line)'}")
     rows = []
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
@@ -81,7 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="export directory (a serving SavedModel)")
     parser.add_argument("texts", nargs="*", metavar="INPUT",
                         help="texts to classify, or image files for an image export")
-    parser.add_argument("--file", help="a text file, one input (text or image path) per line")
+    parser.add_argument("--file", help="a text file, one input (text or image path) per line; "
+                        "every line gets one output, blank lines included")
     parser.add_argument("--json", action="store_true",
                         help="JSON lines with every class's probability")
     parser.add_argument("--batch_size", type=int, default=64)
@@ -90,8 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     texts = list(args.texts)
     try:
         if args.file:
+            # One output per line, blank lines too, so --json lines up with the file.
             with open(args.file, encoding="utf-8") as f:
-                texts += [line.rstrip("\n") for line in f if line.strip()]
+                texts += f.read().splitlines()
         if not texts:
             raise ValueError("nothing to classify: give texts or --file")
         rows = predict(args.model, texts, args.batch_size)

@@ -29,7 +29,9 @@ def read_scalars(logdir: str, tag: str) -> list[tuple[int, float]]:
     for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*")),
                        key=os.path.getmtime):
         try:
-            for event in tf.compat.v1.train.summary_iterator(path):
+            # Event protos straight from the TFRecord file (summary_iterator is deprecated).
+            for record in tf.data.TFRecordDataset(path):
+                event = tf.compat.v1.Event.FromString(record.numpy())
                 for value in event.summary.value:
                     if value.tag == tag:
                         values[event.step] = float(tf.make_ndarray(value.tensor))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -230,6 +231,8 @@ def load_tfds(name: str, split: str,
     except tfds.core.registered.DatasetNotFoundError:
         raise DataError(f"unknown TFDS dataset {name!r} (data.name); "
                         "see tfds.list_builders()") from None
+    if not sys.stderr.isatty():  # progress bars in a log file are control characters, not progress
+        tfds.disable_progress_bar()
     builder.download_and_prepare()
     try:
         dataset = builder.as_dataset(split=split, shuffle_files=False)

@@ -31,10 +31,10 @@ class BertModelConfig:
                              "positions if fewer", 0)
     truncation: str = option("tokens kept of longer texts: 'head' (the first seq_length) or "
                              "'head_tail' (a quarter from the start, the rest from the end)",
-                             "head_tail")
+                             "head_tail", tp.TRUNCATIONS)
     trainable: bool = option("fine-tune the encoder (false: train the head only)", True)
     pooling: str = option("'mean' (masked mean of sequence_output) or 'pooled' (pooled_output)",
-                          "mean")
+                          "mean", tp.POOLINGS)
     dropout: float = option("dropout before the classification layer", 0.1)
 
 

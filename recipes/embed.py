@@ -40,6 +40,7 @@ class EmbedConfig:
 
 
 def main(cfg):
+    tp.config.check_local_path("output", cfg.output)
     texts, labels, label_names = _read(cfg)
     encoder = tp.load_sentence_encoder(cfg.encoder, False, cfg.signature, cfg.output_key)
     print(f"embedding {len(texts)} texts with {cfg.encoder} (dim {encoder.dim})", flush=True)

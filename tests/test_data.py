@@ -140,3 +140,49 @@ def test_head_tail_truncation_keeps_a_quarter_from_the_start_and_the_rest_from_t
     assert ids[1].tolist() == head[1].tolist()  # short texts are untouched
     with pytest.raises(ValueError, match="truncation"):
         pack_texts(loaded.preprocessor, texts, 18, "middle")
+
+
+def test_an_unlabelled_tfds_split_is_left_out_not_scored(tmp_path, capsys):
+    import tensorflow_datasets as tfds
+
+    class UnlabelledTestToy(tfds.core.GeneratorBasedBuilder):
+        """Labelled train/validation, a test split whose labels are all -1 (as glue/* has)."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "sentence": tfds.features.Text(),
+                "label": tfds.features.ClassLabel(names=["neg", "pos"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples("all"),
+                    "validation": self._generate_examples("all"),
+                    "test": self._generate_examples("none"),
+                    "mixed": self._generate_examples("half")}
+
+        def _generate_examples(self, labelled):
+            for i, (text, name) in enumerate(TOY_ROWS):
+                missing = labelled == "none" or (labelled == "half" and i % 2)
+                yield i, {"sentence": text, "label": -1 if missing else ["neg", "pos"].index(name)}
+
+    datasets, _ = make_text_datasets(TextDataConfig(name="unlabelled_test_toy",
+                                                    data_dir=str(tmp_path)))
+    assert sorted(datasets) == ["train", "validation"]
+    note = "test split of TFDS unlabelled_test_toy ('test') has no labels"
+    assert note in capsys.readouterr().err
+    with pytest.raises(tp_tfds.DataError, match="3 of 6 examples without a label"):
+        make_text_datasets(TextDataConfig(name="unlabelled_test_toy", data_dir=str(tmp_path),
+                                          test_split="mixed"))
+
+
+def test_a_score_is_never_computed_on_unlabelled_examples():
+    import keras
+
+    from tfpretrain.tasks.classification import evaluate_classifier
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    batches = tf.data.Dataset.from_tensor_slices((np.zeros((4, 3), np.float32),
+                                                  np.array([0, 1, -1, -1]))).batch(2)
+    with pytest.raises(ValueError, match="2 of 4 examples have no label"):
+        evaluate_classifier(model, batches, ["a", "b"])

@@ -107,6 +107,15 @@ def test_bad_input_gets_one_line_and_exit_2(toy_bert, toy_csv, tmp_path, extra, 
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_a_remote_workdir_is_refused_with_one_line(toy_bert, toy_csv, tmp_path):
+    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run",
+                                        "--workdir=gs://bucket/run"), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "gs:// run directories are not supported" in lines[0]
+    assert not os.path.exists(os.path.join(ROOT, "gs:"))  # no local folder named after the scheme
+
+
 def test_empty_split_is_an_error(toy_bert, toy_csv, tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("text,label\n")

@@ -24,38 +24,45 @@ from tfpretrain.checkpoints import Preempted, TrainingError
 from tfpretrain.data import images
 from tfpretrain.data.corpus import MlmDataConfig, make_corpus
 from tfpretrain.data.images import ImageDataConfig
-from tfpretrain.data.pipeline import count_examples, make_batches, pack_texts, tokenize_texts
+from tfpretrain.data.pipeline import (
+    TRUNCATIONS,
+    count_examples,
+    make_batches,
+    pack_texts,
+    tokenize_texts,
+)
 from tfpretrain.data.text import TextDataConfig, make_text_datasets
 from tfpretrain.distribute import (
-                                   build_strategy,
-                                   describe_precision,
-                                   is_chief,
-                                   per_replica_batch_size,
-                                   set_precision,
+    build_strategy,
+    describe_precision,
+    is_chief,
+    per_replica_batch_size,
+    set_precision,
 )
 from tfpretrain.encoders.bert import load_bert_encoder, load_encoder
 from tfpretrain.encoders.image import load_image_encoder, scale_to_unit_range
 from tfpretrain.encoders.sentence import embed_texts, load_embeddings, load_sentence_encoder
 from tfpretrain.export import (
-                                   check_export,
-                                   export_image_classifier,
-                                   export_text_classifier,
-                                   serve_in_fresh_process,
+    check_export,
+    export_image_classifier,
+    export_text_classifier,
+    serve_in_fresh_process,
 )
 from tfpretrain.heads import build_classification_head
 from tfpretrain.hub import HubLayer, load_saved_model, resolve_handle
 from tfpretrain.hub_export import (
-                                   export_bert_encoder,
-                                   export_bert_preprocessor,
-                                   export_image_encoder,
-                                   export_sentence_encoder,
+    export_bert_encoder,
+    export_bert_preprocessor,
+    export_image_encoder,
+    export_sentence_encoder,
 )
 from tfpretrain.models import (
-                                   build_bert_classifier,
-                                   build_image_classifier,
-                                   build_resnet_classifier,
-                                   build_sentence_classifier,
-                                   feature_extractor,
+    POOLINGS,
+    build_bert_classifier,
+    build_image_classifier,
+    build_resnet_classifier,
+    build_sentence_classifier,
+    feature_extractor,
 )
 from tfpretrain.optimizers import build_optimizer
 from tfpretrain.pretrain import mlm
@@ -63,16 +70,18 @@ from tfpretrain.pretrain.scratch import build_new_bert
 from tfpretrain.report import write_report
 from tfpretrain.run import Export, Run, count_parameters, set_seed, start_run
 from tfpretrain.tasks.classification import (
-                                   SingleLabelClassification,
-                                   classification_metrics,
-                                   evaluate_classifier,
-                                   format_report,
+    SingleLabelClassification,
+    classification_metrics,
+    evaluate_classifier,
+    format_report,
 )
 from tfpretrain.train import TrainState, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "POOLINGS",
+    "TRUNCATIONS",
     "Export",
     "HubLayer",
     "ImageDataConfig",

@@ -12,6 +12,7 @@ Example:
 import dataclasses
 import json
 import os
+import re
 import typing
 
 
@@ -19,9 +20,10 @@ class ConfigError(ValueError):
     """A config key that does not exist, or a value that does not fit its field."""
 
 
-def option(text: str, default: object) -> dataclasses.Field:
-    """A config field with its ``--help`` text."""
-    return dataclasses.field(default=default, metadata={"help": text})
+def option(text: str, default: object, choices: tuple = ()) -> dataclasses.Field:
+    """A config field with its ``--help`` text and, for a choice-valued field, its choices
+    (listed in ``--help`` and checked when the value is set)."""
+    return dataclasses.field(default=default, metadata={"help": text, "choices": tuple(choices)})
 
 
 @dataclasses.dataclass
@@ -80,15 +82,20 @@ class HeadFirstTrainConfig(TrainConfig):
                                    learning_rate=self.head_learning_rate)
 
 
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
 @dataclasses.dataclass
 class RuntimeConfig:
-    strategy: str = option("auto | one_device | mirrored | multi_worker | tpu", "auto")
+    strategy: str = option("tf.distribute strategy ('auto': TPU, then a TF_CONFIG cluster, then "
+                           "2+ GPUs, else one device)", "auto", STRATEGIES)
     tpu: str = option("TPU address for strategy=tpu ('' = discover)", "")
     deterministic: bool = option("deterministic TensorFlow ops: same seed, bit-identical run on "
                                  "CPU (on GPU slower, and a few ops refuse)", True)
     precision: str = option("float32 | mixed_bfloat16 | mixed_float16 (float16 scales the loss); "
                             "a restored SavedModel encoder keeps its traced dtype (the log says "
-                            "which)", "float32")
+                            "which)", "float32", PRECISIONS)
     jit_compile: bool = option("compile each training step's forward and backward pass with XLA "
                                "(once per batch shape)", False)
     steps_per_execution: int = option("training steps per tf.function call (less per-step "
@@ -101,6 +108,18 @@ class ExportConfig:
     tflite: bool = option("also write TFLite models (dynamic-range and int8 quantized) and test "
                           "them", False)
     tflite_calibration: int = option("training examples that calibrate the int8 TFLite model", 100)
+
+
+def check_local_path(key: str, path: str) -> str:
+    """``path`` when it is a local path; a ``ConfigError`` for a URL-style path (``gs://``,
+    ``s3://``, ``hdfs://``, ...), which a run cannot write to yet: os-level writes would make a
+    local folder named after the scheme instead."""
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", path)
+    if scheme:
+        raise ConfigError(f"{key}={path}: {scheme.group(1)}:// run directories are not supported; "
+                          f"use a local directory and copy it there afterwards (for example "
+                          f"gcloud storage cp -r <dir> {path})")
+    return path
 
 
 def recipe_config(recipe: str, *, data: type, model: type, train: type = TrainConfig,
@@ -132,6 +151,9 @@ def recipe_config(recipe: str, *, data: type, model: type, train: type = TrainCo
     return dataclasses.make_dataclass(name, fields)
 
 
+_BOOLEANS = ("1", "true", "yes", "on", "0", "false", "no", "off")
+
+
 def _convert(value, kind, key):
     if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
@@ -151,7 +173,18 @@ def _convert(value, kind, key):
 
 
 def set_value(config: typing.Any, key: str, value: typing.Any) -> None:
-    """Sets dotted ``key`` (``train.epochs``) on ``config``, converting ``value`` to its type."""
+    """Sets dotted ``key`` (``train.epochs``) on ``config``, converting ``value`` to its type and
+    checking it against the field's choices."""
+    target, name, kind = _field(config, key)
+    value = _convert(value, kind, key)
+    choices = next(f for f in dataclasses.fields(target) if f.name == name).metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    setattr(target, name, value)
+
+
+def _field(config, key):
+    """(the section holding dotted ``key``, the field name, its type); unknown keys are errors."""
     *path, name = key.split(".")
     target = config
     for i, part in enumerate(path):
@@ -161,7 +194,7 @@ def set_value(config: typing.Any, key: str, value: typing.Any) -> None:
     types = _field_types(target)
     if name not in types or dataclasses.is_dataclass(types[name]):
         raise ConfigError(_unknown(key, target))
-    setattr(target, name, _convert(value, types[name], key))
+    return target, name, types[name]
 
 
 def _field_types(config):
@@ -215,12 +248,15 @@ def _help_entries(config, prefix):
         if dataclasses.is_dataclass(value):
             entries += _help_entries(value, f"{prefix}{field.name}.")
         else:
-            entries.append((f"--{prefix}{field.name}={value!s}", field.metadata.get("help", "")))
+            choices = [repr(c) if c == "" else str(c) for c in field.metadata.get("choices", ())]
+            text = field.metadata.get("help", "") + (f" [{' | '.join(choices)}]" if choices else "")
+            entries.append((f"--{prefix}{field.name}={value!s}", text))
     return entries
 
 
 def parse_args(config: typing.Any, argv: list[str]) -> typing.Any:
-    """Applies ``--config FILE`` then ``--a.b=value`` / ``--a.b value`` overrides to ``config``.
+    """Applies ``--config FILE`` then ``--a.b=value`` / ``--a.b value`` overrides to ``config``;
+    a bare boolean flag (``--export.tflite``) means true.
 
     ``--help`` and ``--debug`` are left to the caller. Unknown keys raise ``ConfigError``.
     """
@@ -230,10 +266,16 @@ def parse_args(config: typing.Any, argv: list[str]) -> typing.Any:
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}; use --key=value")
         key, eq, value = arg[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(argv) or argv[i + 1].startswith("--"):
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if not eq and key != "config" and _field(config, key)[2] is bool:
+            if following is not None and following.lower() in _BOOLEANS:
+                value, i = following, i + 1
+            else:
+                value = "true"
+        elif not eq:
+            if following is None or following.startswith("--"):
                 raise ConfigError(f"--{key} needs a value")
-            value, i = argv[i + 1], i + 1
+            value, i = following, i + 1
         pairs.append((key, value))
         i += 1
     for key, value in pairs:

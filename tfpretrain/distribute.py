@@ -14,8 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+from tfpretrain.config import PRECISIONS, STRATEGIES
 
 
 def _tf_config_tasks():

@@ -8,6 +8,8 @@ from tfpretrain import heads
 from tfpretrain.encoders.bert import INPUT_NAMES
 from tfpretrain.encoders.image import build_resnet, scale_to_unit_range
 
+POOLINGS = ("mean", "pooled")
+
 
 def build_bert_classifier(encoder_layer: keras.layers.Layer, num_classes: int,
                           pooling: str = "pooled", dropout: float = 0.1,
@@ -28,7 +30,7 @@ def build_bert_classifier(encoder_layer: keras.layers.Layer, num_classes: int,
         >>> loaded = load_encoder("minilm_l6")  # doctest: +SKIP
         >>> model = build_bert_classifier(loaded.layer, 5, pooling="mean")  # doctest: +SKIP
     """
-    if pooling not in ("pooled", "mean"):
+    if pooling not in POOLINGS:
         raise ValueError(f"model.pooling must be 'pooled' or 'mean', got {pooling!r}")
     inputs = {name: keras.Input((None,), dtype="int32", name=name) for name in INPUT_NAMES}
     outputs = encoder_layer(inputs)

@@ -72,6 +72,7 @@ def start_run(cfg: Any, multi_worker: bool = False) -> tf.distribute.Strategy:
     Example:
         >>> strategy = start_run(cfg)  # doctest: +SKIP
     """
+    config_lib.check_local_path("workdir", cfg.workdir)
     strategy = build_strategy(cfg.runtime.strategy, cfg.runtime.tpu)
     workers = 1
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

@@ -15,8 +15,10 @@ import os
 import tensorflow as tf
 
 from tfpretrain.config import SourceConfig, option
-from tfpretrain.data.text import _decode
+from tfpretrain.data.text import INVALID_UTF8, _decode
 from tfpretrain.data.tfds import DataError, load_tfds
+
+DOCUMENT_UNITS = ("file", "line")
 
 
 @dataclasses.dataclass
@@ -30,15 +32,15 @@ class MlmDataConfig(SourceConfig):
     feature: str = option("TFDS feature that holds the text", "text")
     path: str = option("a text file or a folder of .txt files (instead of a TFDS dataset)", "")
     document: str = option("'file' (one document per file) or 'line' (one per line); '' = 'line' "
-                           "for a single file, 'file' for a folder", "")
+                           "for a single file, 'file' for a folder", "", ("",) + DOCUMENT_UNITS)
     heldout_fraction: float = option("documents held out for evaluation, chosen by a hash of "
                                      "their text", 0.05)
     max_documents: int = option("use only the first N documents (0 = all)", 0)
     shuffle_buffer: int = option("shuffle buffer (windows)", 10000)
-    invalid_utf8: str = option("invalid UTF-8 in local files: 'replace' or 'error'", "replace")
+    invalid_utf8: str = option("invalid UTF-8 in local files: 'replace' or 'error'", "replace",
+                               INVALID_UTF8)
 
 
-DOCUMENT_UNITS = ("file", "line")
 
 
 def _text_files(path):

@@ -25,7 +25,7 @@ import keras
 import tensorflow as tf
 
 from tfpretrain.config import DatasetConfig, option
-from tfpretrain.data.image_folders import from_folder, require_two_classes
+from tfpretrain.data.image_folders import BAD_IMAGES, from_folder, require_two_classes
 from tfpretrain.data.pipeline import count_examples, finish_batches
 from tfpretrain.data.tfds import DataError, load_tfds_splits
 
@@ -42,7 +42,7 @@ class ImageDataConfig(DatasetConfig):
                                         0.1)
     test_fraction: float = option("image_dir: share of each class held out for testing", 0.2)
     bad_images: str = option("an unreadable image file: 'skip' (named and counted in the log) or "
-                             "'error'", "skip")
+                             "'error'", "skip", BAD_IMAGES)
     image_key: str = option("TFDS image feature", "image")
     label_key: str = option("TFDS label feature", "label")
     train_per_class: int = option("keep only the first N training images of each class (0 = all); "

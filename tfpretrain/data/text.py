@@ -18,6 +18,8 @@ import tensorflow as tf
 from tfpretrain.config import DatasetConfig, option
 from tfpretrain.data.tfds import DataError, load_tfds_splits
 
+INVALID_UTF8 = ("replace", "error")
+
 
 @dataclasses.dataclass
 class TextDataConfig(DatasetConfig):
@@ -33,7 +35,7 @@ class TextDataConfig(DatasetConfig):
                            "")
     label_key: str = option("label feature/column", "label")
     invalid_utf8: str = option("invalid UTF-8 in local files: 'replace' (with U+FFFD, counted in "
-                               "the log) or 'error'", "replace")
+                               "the log) or 'error'", "replace", INVALID_UTF8)
 
 
 _TEXT_KEYS = ("text", "sentence", "description", "content", "document", "review")
@@ -52,7 +54,6 @@ def _guess_text_key(keys, text_key, where):
                     f"of {sorted(keys)}")
 
 
-INVALID_UTF8 = ("replace", "error")
 
 
 def _decode(data, path, invalid_utf8):
@@ -171,7 +172,29 @@ def _from_tfds(config):
         datasets[split] = dataset.map(
             lambda x, t=text_key: (x[t], tf.cast(x[config.label_key], tf.int32))
         )
-    return datasets, names
+    return _drop_unlabelled(datasets, config), names
+
+
+def _drop_unlabelled(datasets, config):
+    """Leaves out evaluation splits whose labels are all -1 (TFDS's "no label", as in every
+    ``glue/*`` test split), saying so: a score on them would be meaningless. A split with some
+    -1 labels is an error."""
+    for split in [s for s in ("validation", "test") if s in datasets]:
+        unlabelled, total = datasets[split].reduce(
+            (tf.constant(0, tf.int64), tf.constant(0, tf.int64)),
+            lambda counts, example: (counts[0] + tf.cast(example[1] < 0, tf.int64),
+                                     counts[1] + 1))
+        unlabelled, total = int(unlabelled), int(total)
+        if unlabelled and unlabelled == total:
+            print(f"note: the {split} split of TFDS {config.name} "
+                  f"({getattr(config, split + '_split')!r}) has no labels (label -1 on all "
+                  f"{total} examples): it is not scored", file=sys.stderr, flush=True)
+            del datasets[split]
+        elif unlabelled:
+            raise DataError(f"the {split} split of TFDS {config.name} has {unlabelled} of {total} "
+                            "examples without a label (-1); use a labelled split "
+                            f"(data.{split}_split)")
+    return datasets
 
 
 def make_text_datasets(config: TextDataConfig) -> tuple[dict[str, tf.data.Dataset], list[str]]:

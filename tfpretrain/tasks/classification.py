@@ -58,6 +58,9 @@ def evaluate_classifier(model: keras.Model, batches: tf.data.Dataset,
                         label_names: list[str]) -> dict:
     """Metrics of ``model`` on ``batches`` (see ``classification_metrics``) plus the mean loss."""
     logits, labels = evaluate.predict_outputs(model, batches)
+    if (labels < 0).any():  # never a score on TFDS's "no label" (-1)
+        raise ValueError(f"{int((labels < 0).sum())} of {len(labels)} examples have no label "
+                         "(-1); score only labelled splits")
     metrics = classification_metrics(labels, logits.argmax(axis=-1), label_names)
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import run_python
+from tests.conftest import run_python, toy_recipe_args
 from tfpretrain import hub
 from tfpretrain.encoders.bert import load_bert_encoder
 from tfpretrain.models import build_bert_classifier
@@ -180,3 +180,21 @@ def test_mismatched_encoder_and_preprocessor_are_named(toy_bert, tmp_path):
         load_bert_encoder(*toy_bert, seq_length=100)
     with pytest.raises(EncoderError, match="model.preprocessor is required"):
         load_bert_encoder(toy_bert[0])
+
+
+def test_unseeded_dropout_in_a_saved_model_trains_on_default_flags(toy_bert, toy_csv, tmp_path):
+    from tfpretrain.encoders.toy import export_unseeded_dropout_encoder
+    from tfpretrain.hub import unseeded_random_ops
+
+    unseeded = export_unseeded_dropout_encoder(toy_bert[0], str(tmp_path / "unseeded"))
+    seeded = build_bert_classifier(load_bert_encoder(*toy_bert).layer, 2)
+    model = build_bert_classifier(load_bert_encoder(unseeded, toy_bert[1]).layer, 2)
+    assert unseeded_random_ops(seeded) == [] and unseeded_random_ops(model) == [
+        "encoder/RandomUniform"]
+    # The recipe on default flags (op determinism on): it trains, and says what it gave up.
+    args = toy_recipe_args((unseeded, toy_bert[1]), toy_csv, tmp_path / "run", "--train.epochs=1",
+                           "--export.enabled=false")
+    result = run_python(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    note = [line for line in result.stdout.splitlines() if line.startswith("note: encoder/")]
+    assert note and "this run trains with it off" in note[0]

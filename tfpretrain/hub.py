@@ -116,6 +116,38 @@ def _has_training_argument(function):
     return seen == {True, False}
 
 
+# Stateful random ops: TensorFlow's op determinism refuses them without a seed.
+_RANDOM_OPS = frozenset({"RandomUniform", "RandomUniformInt", "RandomStandardNormal",
+                         "TruncatedNormal", "ParameterizedTruncatedNormal", "RandomGamma",
+                         "RandomPoisson", "RandomPoissonV2", "Multinomial", "RandomShuffle"})
+
+
+def unseeded_random_ops(model: keras.Model) -> list[str]:
+    """``layer/op`` names of the random ops without a seed that ``model``'s fine-tuned
+    ``HubLayer``s run in training mode: dropout traced without a global seed, as TF Model Garden's
+    ``export_tfhub`` (behind tfhub.dev's BERT encoders) writes it. TensorFlow's op determinism
+    refuses such ops at the first training step."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, HubLayer) and layer.trainable and layer._takes_training:
+            found += [f"{layer.name}/{op}" for op in _unseeded_ops(layer._function)]
+    return found
+
+
+def _unseeded_ops(function):
+    names = set()
+    for concrete in getattr(function, "concrete_functions", []):
+        flags = [v for v in tf.nest.flatten(concrete.structured_input_signature)
+                 if isinstance(v, bool)]
+        if True not in flags:  # the inference trace runs no dropout
+            continue
+        graph = concrete.graph.as_graph_def()
+        for node in [*graph.node, *(n for f in graph.library.function for n in f.node_def)]:
+            if node.op in _RANDOM_OPS and not node.attr["seed"].i and not node.attr["seed2"].i:
+                names.add(node.op)
+    return sorted(names)
+
+
 def _restored_variables(obj, function):
     """(trainable, non_trainable) variables of a restored object, TF Hub conventions first."""
     if hasattr(obj, "variables"):

@@ -28,6 +28,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+# enable_op_determinism is public; its counterparts are not exported.
+from tensorflow.python.framework import config as tf_config
+
 from tfpretrain import config as config_lib
 from tfpretrain import report as report_lib
 from tfpretrain.data.pipeline import count_examples
@@ -40,6 +43,7 @@ from tfpretrain.distribute import (
 )
 from tfpretrain.export import check_export
 from tfpretrain.files import write_json
+from tfpretrain.hub import unseeded_random_ops
 from tfpretrain.optimizers import build_optimizer
 from tfpretrain.tasks import higher_is_better
 from tfpretrain.train import TrainState, fit
@@ -188,6 +192,7 @@ class Run:
               f"{total} | trainable parameters {trainable:,}"
               + (f" | {details}" if details else ""), flush=True)
         print(describe_precision(model), flush=True)
+        self._allow_unseeded_random_ops(model)
         better = self.task.higher_is_better if self.task else higher_is_better
         return fit(model, optimizer, batches, self.steps_per_epoch, config, self.strategy,
                    workdir or self.workdir, evaluate, loss_fn=loss_fn or self.task.loss,
@@ -233,6 +238,18 @@ class Run:
             print(f"  {name:<10}{test:>15}{r['best_validation_accuracy'] or float('nan'):>17.4f}"
                   f"{r['steps']:>7}")
         return comparison
+
+    def _allow_unseeded_random_ops(self, model):
+        """Op determinism refuses random ops without a seed (dropout in SavedModels traced
+        without one); such a run trains with it off, and says what that costs."""
+        ops = unseeded_random_ops(model) if tf_config.is_op_determinism_enabled() else []
+        if ops:
+            tf_config.disable_op_determinism()
+            print(f"note: {', '.join(ops)} draw random numbers without a seed (a SavedModel "
+                  "traced without one, as TF Model Garden's export_tfhub writes them), which "
+                  "TensorFlow's op determinism refuses; this run trains with it off: a rerun with "
+                  "the same seed draws other dropout masks, and a resumed run restarts at the "
+                  "exact step and batch but is not bit-identical", flush=True)
 
     def _task_evaluation(self, validation, config):
         if config.best_metric not in self.task.metric_names:

@@ -82,3 +82,38 @@ def export_toy_sentence_encoder(directory: str, dim: int = 8, buckets: int = 64,
         root.__call__ = tf.function(embed, input_signature=[strings])
     tf.saved_model.save(root, directory, signatures={"serving_default": serve})
     return directory
+
+
+def export_unseeded_dropout_encoder(encoder_dir: str, path: str, rate: float = 0.1) -> str:
+    """Re-exports the TF Hub BERT encoder at ``encoder_dir`` with one more dropout on its
+    ``sequence_output`` whose random op carries no seed, as encoders exported by TF Model Garden's
+    ``export_tfhub`` (tfhub.dev's BERTs) do when traced without a global seed. Writes ``path``.
+
+    Example:
+        >>> export_unseeded_dropout_encoder("/tmp/toy/encoder", "/tmp/unseeded")  # doctest: +SKIP
+    """
+    import tensorflow as tf
+
+    encoder = tf.saved_model.load(encoder_dir)
+    specs = {name: tf.TensorSpec([None, None], tf.int32, name=name)
+             for name in ("input_word_ids", "input_mask", "input_type_ids")}
+
+    @tf.function
+    def call(inputs, training=False):
+        outputs = dict(encoder(inputs, training=training))
+        if training:  # seed=0, seed2=0: the op TensorFlow's determinism refuses
+            sequence = outputs["sequence_output"]
+            keep = tf.raw_ops.RandomUniform(shape=tf.shape(sequence), dtype=tf.float32, seed=0,
+                                            seed2=0) >= rate
+            outputs["sequence_output"] = tf.where(keep, sequence / (1 - rate), 0.0)
+        return outputs
+
+    for training in (False, True):
+        call.get_concrete_function(specs, training=training)
+    module = tf.__internal__.tracking.AutoTrackable()
+    module.encoder = encoder
+    module.__call__ = call
+    module.variables = list(encoder.variables)
+    module.trainable_variables = list(encoder.trainable_variables)
+    tf.saved_model.save(module, path)
+    return path

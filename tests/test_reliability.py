@@ -267,3 +267,23 @@ def test_a_full_disk_is_one_line_not_a_traceback(toy_bert, toy_csv, tmp_path):
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow  # like the SIGTERM test: a toy run interrupted and resumed (~60 s)
+def test_ctrl_c_checkpoints_exits_130_with_one_line_and_the_rerun_resumes(toy_bert, toy_csv,
+                                                                         tmp_path):
+    workdir = tmp_path / "run"
+    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=60",
+                           "--train.checkpoint_every=100000", "--export.enabled=false")
+    process = _popen(args)
+    for line in process.stdout:  # wait until it is training
+        if line.lstrip().startswith("epoch"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "error: interrupted (Ctrl-C) at step" in stderr and "Traceback" not in stderr
+    stopped_at = int(stderr.split("interrupted (Ctrl-C) at step ")[1].split(":")[0])
+    result = run_python(args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"(step {stopped_at}," in result.stdout and "Resuming from" in result.stdout

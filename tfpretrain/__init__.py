@@ -20,7 +20,7 @@ tp.images (image data), tp.mlm (masked-LM pretraining), tp.report, tp.tflite.
 """
 
 from tfpretrain import cli, config, files, report, tflite, zoo
-from tfpretrain.checkpoints import Preempted, TrainingError
+from tfpretrain.checkpoints import Interrupted, Preempted, TrainingError
 from tfpretrain.data import images
 from tfpretrain.data.corpus import MlmDataConfig, make_corpus
 from tfpretrain.data.images import ImageDataConfig
@@ -85,6 +85,7 @@ __all__ = [
     "Export",
     "HubLayer",
     "ImageDataConfig",
+    "Interrupted",
     "MlmDataConfig",
     "Preempted",
     "Run",

@@ -28,24 +28,47 @@ class Preempted(RuntimeError):
     exit_code = 143
 
 
-class SigtermFlag:
-    """Records SIGTERM instead of dying, so the loop can finish its step and checkpoint."""
+class Interrupted(Preempted):
+    """Ctrl-C (SIGINT) during training: a checkpoint was saved, rerun to resume.
+
+    Command-line entry points exit with ``exit_code`` (130 = 128 + SIGINT, as shells do).
+    """
+
+    exit_code = 130
+
+
+class StopSignals:
+    """Records SIGTERM and a first Ctrl-C (SIGINT) instead of dying, so the loop can finish the
+    step in flight, checkpoint and stop (``stop``); a second Ctrl-C exits at once."""
 
     def __init__(self) -> None:
-        self.raised = False
-        self._previous = None
+        self.received: int | None = None
+        self._previous: dict = {}
 
-    def __enter__(self) -> SigtermFlag:
+    def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for number in (signal.SIGTERM, signal.SIGINT):
+                self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        self.raised = True
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
+            print("\ninterrupted again: exiting without a checkpoint", file=sys.stderr, flush=True)
+            os._exit(130)
+        self.received = signum
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+
+    def stop(self, step: int, saved: str | None) -> None:
+        """Raises ``Interrupted`` (Ctrl-C) or ``Preempted`` (SIGTERM) naming the checkpoint the
+        loop just saved at ``step``."""
+        if self.received == signal.SIGINT:
+            raise Interrupted(f"interrupted (Ctrl-C) at step {step}: saved {saved}; run the same "
+                              "command again to resume")
+        raise Preempted(f"SIGTERM at step {step}: saved {saved}; run the same command again to "
+                        "resume")
 
 
 def restore_newest(checkpoint: tf.train.Checkpoint,

@@ -27,7 +27,8 @@ def run(main: Callable[[Any], object], config: Any, argv: list[str] | None = Non
     """Parses ``argv`` into ``config`` and calls ``main(config)``; returns the exit code.
 
     ``--help`` prints ``description`` and every key with its default; errors print one line
-    (``error: ...``) and return 2; ``--debug`` shows the traceback instead.
+    (``error: ...``) and return 2 (SIGTERM: 143, Ctrl-C: 130); ``--debug`` shows the traceback
+    instead.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -42,6 +43,11 @@ def run(main: Callable[[Any], object], config: Any, argv: list[str] | None = Non
     try:
         config_lib.parse_args(config, argv)
         main(config)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop, which handles its own
+        if debug:
+            raise
+        print("\nerror: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
     except Exception as error:  # noqa: BLE001  (only the kinds below are turned into one line)
         if debug or not (isinstance(error, _USER_ERRORS + (RuntimeError,)) or _is_io_error(error)):
             raise

@@ -22,8 +22,7 @@ import keras
 import tensorflow as tf
 
 from tfpretrain.checkpoints import (
-    Preempted,
-    SigtermFlag,
+    StopSignals,
     TrainingError,
     load_history,
     log_evaluation,
@@ -267,7 +266,7 @@ class _Loop:
             tf.summary.scalar("learning_rate", self.optimizer.learning_rate)
 
     def train_epoch(self, train_steps, batches, total, steps_per_epoch, steps_per_execution,
-                    sigterm, started):
+                    signals, started):
         """Trains until the epoch's batches run out (True) or the run ends first (False)."""
         epoch = self._count("epoch")
         iterator = iter(self.strategy.experimental_distribute_dataset(batches))
@@ -283,11 +282,9 @@ class _Loop:
                 self.run_evaluation(steps_per_epoch)
             if self.step % self.config.checkpoint_every == 0:
                 self.save()
-            if sigterm.raised:
+            if signals.received:
                 self.save()
-                raise Preempted(f"SIGTERM at step {self.step}: saved "
-                                f"{self.manager.latest_checkpoint}; run the same command again "
-                                "to resume")
+                signals.stop(self.step, self.manager.latest_checkpoint)
             if self.step >= total or self.stopped_early:
                 return False
 
@@ -297,11 +294,11 @@ class _Loop:
                   f"{self._count('epoch') + 1}, batch {self._count('batch_in_epoch')})",
                   flush=True)
         total, started = self.config.total_steps(steps_per_epoch), time.time()
-        with SigtermFlag() as sigterm:
+        with StopSignals() as signals:
             while self.step < total and not self.stopped_early:
                 batches = make_batches(self._count("epoch"), self._count("batch_in_epoch"))
                 if self.train_epoch(train_steps, batches, total, steps_per_epoch,
-                                    steps_per_execution, sigterm, started):
+                                    steps_per_execution, signals, started):
                     self.counters["epoch"].assign_add(1)
                     self.counters["batch_in_epoch"].assign(0)
                     print(flush=True)

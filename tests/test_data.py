@@ -186,3 +186,44 @@ def test_a_score_is_never_computed_on_unlabelled_examples():
                                                   np.array([0, 1, -1, -1]))).batch(2)
     with pytest.raises(ValueError, match="2 of 4 examples have no label"):
         evaluate_classifier(model, batches, ["a", "b"])
+
+
+def test_a_tfds_dataset_without_validation_holds_out_every_10th_training_example(tmp_path,
+                                                                                 capsys):
+    import tensorflow_datasets as tfds
+
+    class NoValidationToy(tfds.core.GeneratorBasedBuilder):
+        """Train and test only, as imdb_reviews and ag_news_subset have."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "text": tfds.features.Text(),
+                "label": tfds.features.ClassLabel(names=["neg", "pos"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(40), "test": self._generate_examples(6)}
+
+        def _generate_examples(self, count):
+            for i in range(count):
+                text, name = TOY_ROWS[i % len(TOY_ROWS)]
+                yield i, {"text": f"{text} {i}", "label": name}
+
+    config = TextDataConfig(name="no_validation_toy", data_dir=str(tmp_path))
+    datasets, _ = make_text_datasets(config)
+    assert "has no 'validation' split: every 10th example" in capsys.readouterr().err
+    texts = {split: [t.numpy() for t, _ in d] for split, d in datasets.items()}
+    assert (len(texts["train"]), len(texts["validation"]), len(texts["test"])) == (36, 4, 6)
+    assert not set(texts["train"]) & set(texts["validation"])
+    again, _ = make_text_datasets(config)
+    assert [t.numpy() for t, _ in again["validation"]] == texts["validation"]  # same every run
+
+
+@pytest.mark.network  # downloads the datasets from the TFDS hosts
+@pytest.mark.parametrize("name", ["glue/sst2", "imdb_reviews", "ag_news_subset",
+                                  "yelp_polarity_reviews"])
+def test_tfds_text_datasets_the_readme_names_load_on_default_flags(name):
+    datasets, names = make_text_datasets(TextDataConfig(name=name))
+    assert {"train", "validation"} <= set(datasets) and len(names) >= 2
+    assert "test" not in datasets if name.startswith("glue/") else "test" in datasets

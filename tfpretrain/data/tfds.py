@@ -246,8 +246,26 @@ def load_tfds(name: str, split: str,
 def load_tfds_splits(config: Any) -> dict[str, tuple[tf.data.Dataset, tfds.core.DatasetInfo]]:
     """``{"train"|"validation"|"test": (dataset, info)}`` for the TFDS splits a data config names
     (``config.train_split`` / ``validation_split`` / ``test_split`` of ``config.name``; '' =
-    absent)."""
-    named = (("train", config.train_split), ("validation", config.validation_split),
-             ("test", config.test_split))
-    return {split: load_tfds(config.name, tfds_split, config.data_dir)
-            for split, tfds_split in named if tfds_split}
+    absent).
+
+    A dataset without a ``validation`` split (``imdb_reviews``, ``ag_news_subset``, ...) keeps
+    the default working: every 10th example of the training split is held out for validation
+    (in the split's stored order, so the same ones every run), and the log says so.
+    """
+    named = {"train": config.train_split, "validation": config.validation_split,
+             "test": config.test_split}
+    splits = {split: load_tfds(config.name, name, config.data_dir)
+              for split, name in named.items() if name and split != "validation"}
+    if named["validation"] == "validation" and "train" in splits and (
+            "validation" not in splits["train"][1].splits):
+        dataset, info = splits["train"]
+        print(f"note: TFDS {config.name} has no 'validation' split: every 10th example of "
+              f"{config.train_split!r} is held out for validation (data.validation_split names "
+              "another split)", file=sys.stderr, flush=True)
+        numbered = dataset.enumerate()
+        splits["train"] = (numbered.filter(lambda i, _: i % 10 != 0).map(lambda _, x: x), info)
+        splits["validation"] = (numbered.filter(lambda i, _: i % 10 == 0).map(lambda _, x: x),
+                                info)
+    elif named["validation"]:
+        splits["validation"] = load_tfds(config.name, named["validation"], config.data_dir)
+    return {split: splits[split] for split in ("train", "validation", "test") if split in splits}

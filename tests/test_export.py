@@ -96,3 +96,14 @@ def test_saved_model_cli_run_prints_a_label(toy_bert, tmp_path):
     assert "Result for output key label:" in out and "Result for output key probabilities:" in out
     labels = out.split("Result for output key label:")[1].split("Result")[0]
     assert labels.count("b'neg'") + labels.count("b'pos'") == 2
+
+
+def test_the_report_names_the_tensorflow_text_ops_a_model_server_needs(toy_bert, tmp_path):
+    from tfpretrain import report
+
+    loaded = load_bert_encoder(*toy_bert)
+    path = export_text_classifier(build_bert_classifier(loaded.layer, 2), ["a", "b"],
+                                  str(tmp_path / "e"), loaded.preprocessor, 16)
+    ops = report.custom_ops(path)
+    assert {"NormalizeUTF8", "WordpieceTokenizeWithOffsets"} <= set(ops)
+    assert not {"MatMul", "StatefulPartitionedCall", "Softmax"} & set(ops)  # core TensorFlow

@@ -149,6 +149,29 @@ def describe_signatures(export_dir: str) -> dict[str, tuple[dict[str, str], dict
             for name, s in sorted(signatures.items()) if not name.startswith("__")}
 
 
+def custom_ops(export_dir: str) -> list[str]:
+    """Op types a SavedModel uses that core TensorFlow lacks (TensorFlow Text's, for a model
+    that tokenises): what a model server must have linked in to load it."""
+    from tensorflow.python.saved_model import loader_impl
+
+    graph = loader_impl.parse_saved_model(export_dir).meta_graphs[0].graph_def
+    nodes = [*graph.node, *(n for f in graph.library.function for n in f.node_def)]
+    return sorted({n.op for n in nodes if not hasattr(tf.raw_ops, n.op)})
+
+
+def _text_ops_note(ops):
+    names = ", ".join(f"`{op}`" for op in ops)
+    note = (f"The tokeniser is inside the graph and uses TensorFlow Text ops ({names}), so the "
+            "model server must have TensorFlow Text's ops linked in, at a version that has all "
+            "of them (tensorflow/serving#1490).")
+    if "TFText>RoundRobinTrim" in ops:
+        note += (" The `tensorflow/serving` images embed an older TensorFlow Text (2.12.1 when "
+                 "tensorflow/serving#4057 was filed) that lacks `TFText>RoundRobinTrim`: if the "
+                 "server logs \"Op type not registered\", build it with the TensorFlow Text of "
+                 "the training environment.")
+    return note
+
+
 def table(header: list[str], rows: list) -> list[str]:
     """A Markdown table's lines."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -244,9 +267,7 @@ def _export_section(export_dir, example_inputs, tflite, test):
     text = "text" in signatures["serving_default"][0]
     lines += ["### Serve it with TF Serving (REST)", ""]
     if text:
-        lines += ["The tokeniser is inside the graph and uses TensorFlow Text ops, so the server "
-                  "must have them linked in (the `tensorflow/serving` images of the same "
-                  "TensorFlow version do; tensorflow/serving#1490).", ""]
+        lines += [_text_ops_note(custom_ops(export_dir)), ""]
     else:
         lines += ["Images travel base64-encoded (`{\"b64\": ...}`, TF Serving's convention for an "
                   "input whose name ends in `_bytes`); decoding and resizing happen inside the "

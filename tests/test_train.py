@@ -96,3 +96,42 @@ def test_fused_adamw_takes_the_same_steps_as_keras_adamw():
         results.append(variable.numpy())
     assert np.abs(results[0] - results[1]).max() < 1e-6
     assert np.abs(results[0] - start).max() > 1e-2  # it did move
+
+
+def test_fit_calls_keras_callbacks_and_honours_early_stopping(toy_bert, tmp_path):
+    import keras
+
+    class Recorder(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def on_train_begin(self, logs=None):
+            self.calls.append(("begin",))
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.calls.append(("batch", batch, sorted(logs)))
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.calls.append(("epoch", epoch, sorted(logs)))
+
+        def on_train_end(self, logs=None):
+            self.calls.append(("end",))
+
+    strategy, model, optimizer, data = _setup(toy_bert)
+    two_batches = data.concatenate(data)
+    recorder = Recorder()
+    state = fit(model, optimizer, lambda epoch, skip: two_batches.skip(skip), 2,
+                TrainConfig(epochs=3), strategy, str(tmp_path), lambda m: {"accuracy": 0.5},
+                callbacks=[recorder])
+    assert state.step == 6
+    assert recorder.calls[0] == ("begin",) and recorder.calls[-1] == ("end",)
+    assert [c[1] for c in recorder.calls if c[0] == "batch"] == [0, 1, 0, 1, 0, 1]
+    assert [c for c in recorder.calls if c[0] == "epoch"] == [
+        ("epoch", e, ["loss", "val_accuracy"]) for e in range(3)]
+    # Keras's EarlyStopping sets model.stop_training: the loop stops after that epoch.
+    stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=0)
+    state = fit(model, optimizer, lambda epoch, skip: two_batches.skip(skip), 2,
+                TrainConfig(epochs=5), strategy, str(tmp_path / "stop"),
+                lambda m: {"accuracy": 0.5}, callbacks=[stop])
+    assert state.step == 4 and state.stopped_early

@@ -1,5 +1,5 @@
-"""What makes a run restartable: its errors, SIGTERM handling, checkpoint restore with fallback,
-and the evaluation history kept beside the checkpoints."""
+"""What makes a run restartable: its errors (a lost worker among them), SIGTERM and Ctrl-C handling,
+checkpoint restore with fallback, and the evaluation history kept beside the checkpoints."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 import threading
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -120,3 +121,26 @@ def log_evaluation(workdir: str, record: dict[str, Any],
         for key, value in record.items():
             if isinstance(value, float):
                 tf.summary.scalar(key, value)
+
+
+# What a collective raises on the survivors when another worker dies or cannot be reached.
+_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError)
+
+
+def run_steps(train_steps: Any, iterator: Any, steps: int, step: int,
+              manager: tf.train.CheckpointManager) -> np.ndarray:
+    """``train_steps(iterator, steps)``'s losses; a lost peer worker becomes a ``TrainingError``
+    naming the step and the last checkpoint."""
+    try:
+        return train_steps(iterator, tf.constant(steps)).numpy()
+    except _PEER_ERRORS as error:
+        # The useful line of a graph error is the op's message, not the trace before it.
+        noise = ("Graph execution error", "Detected at node", " ")
+        lines = [line.strip() for line in str(error).splitlines()
+                 if line.strip() and not line.startswith(noise)]
+        reason = (lines[-1] if lines else "")[:300]
+        raise TrainingError(
+            f"lost another worker during step {step + 1} ({type(error).__name__}: {reason}); "
+            f"the last checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}. "
+            "Restart every worker with the same command to resume from it") from None

@@ -171,13 +171,15 @@ class Run:
               validation: tf.data.Dataset | None = None,
               evaluate: Callable[[keras.Model], dict] | None = None,
               loss_fn: Callable | None = None, train_config: Any = None, workdir: str | None = None,
-              what: str = "training", details: str = "") -> TrainState:
+              what: str = "training", details: str = "",
+              callbacks: list | None = None) -> TrainState:
         """One training phase of ``model`` on ``batches(epoch, skip)``; returns its state.
 
         Steps per epoch are the number of batches of epoch 0 (its cardinality when the pipeline
         knows it, else counted). ``validation`` batches are scored with the task (or pass
         ``evaluate(model) -> metrics``); ``train_config`` (default ``cfg.train``) and ``workdir``
-        (default the run's) let a recipe run several phases; ``details`` ends the header line.
+        (default the run's) let a recipe run several phases; ``details`` ends the header line;
+        ``callbacks`` are Keras callbacks (see ``fit``).
         """
         config = train_config or self.cfg.train
         if validation is not None:
@@ -198,7 +200,7 @@ class Run:
                    workdir or self.workdir, evaluate, loss_fn=loss_fn or self.task.loss,
                    higher_is_better=better(config.best_metric),
                    steps_per_execution=self.cfg.runtime.steps_per_execution,
-                   jit_compile=self.cfg.runtime.jit_compile)
+                   jit_compile=self.cfg.runtime.jit_compile, callbacks=callbacks)
 
     def train_phases(self, model: keras.Model, phases: list,
                      batches: Callable[[int, int], tf.data.Dataset], *,

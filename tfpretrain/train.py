@@ -27,6 +27,7 @@ from tfpretrain.checkpoints import (
     load_history,
     log_evaluation,
     restore_newest,
+    run_steps,
 )
 from tfpretrain.config import TrainConfig
 from tfpretrain.distribute import is_chief, report_worker_weights
@@ -109,19 +110,14 @@ def _progress(step, total, loss, started, first_step, epoch):
     interactive = sys.stdout.isatty()
     if not interactive and step % max(1, total // 20) and step != total:
         return  # in a log file: about 20 lines per run
-    done = step - first_step
     elapsed = time.time() - started
-    rate = done / elapsed if elapsed > 0 else 0.0
+    rate = (step - first_step) / elapsed if elapsed > 0 else 0.0
     eta = (total - step) / rate if rate else 0.0
-    width = 24
-    filled = int(width * step / max(total, 1))
-    bar = "=" * filled + "." * (width - filled)
-    sys.stdout.write(
-        ("\r" if interactive else "") + f"  epoch {epoch + 1} [{bar}] {step}/{total} "
-        f"loss {loss:.4f}  {rate:.2f} steps/s  ETA {int(eta // 60)}m{int(eta % 60):02d}s "
-        + ("" if interactive else "\n")
-    )
-    sys.stdout.flush()
+    filled = int(24 * step / max(total, 1))
+    bar = "=" * filled + "." * (24 - filled)
+    print(("\r" if interactive else "") + f"  epoch {epoch + 1} [{bar}] {step}/{total} "
+          f"loss {loss:.4f}  {rate:.2f} steps/s  ETA {int(eta // 60)}m{int(eta % 60):02d}s ",
+          end="" if interactive else "\n", flush=True)
 
 
 def fit(model: keras.Model, optimizer: keras.optimizers.Optimizer,
@@ -129,7 +125,8 @@ def fit(model: keras.Model, optimizer: keras.optimizers.Optimizer,
         config: TrainConfig, strategy: tf.distribute.Strategy, workdir: str,
         evaluate: Callable[[keras.Model], dict] | None = None, *,
         loss_fn: LossFn = classification_loss, higher_is_better: bool = True,
-        steps_per_execution: int = 1, jit_compile: bool = False) -> TrainState:
+        steps_per_execution: int = 1, jit_compile: bool = False,
+        callbacks: list[keras.callbacks.Callback] | None = None) -> TrainState:
     """Trains ``model`` with a custom loop; resumes from ``workdir/checkpoints`` when present.
 
     Args:
@@ -154,6 +151,9 @@ def fit(model: keras.Model, optimizer: keras.optimizers.Optimizer,
             step; progress, evaluation and checkpoints still happen at their exact steps).
         jit_compile: compile each replica's forward and backward pass with XLA (per batch
             shape; README "Performance" says when it pays on CPU).
+        callbacks: Keras callbacks: ``on_train_begin/end``, ``on_train_batch_end(batch,
+            {"loss"})`` and ``on_epoch_end(epoch, {"loss", "val_<metric>", ...})`` are called;
+            one that sets ``model.stop_training`` (``EarlyStopping``) stops the run.
 
     Returns:
         A ``TrainState``; the model holds the best weights by ``config.best_metric`` when
@@ -170,7 +170,8 @@ def fit(model: keras.Model, optimizer: keras.optimizers.Optimizer,
     try:
         loop = _Loop(model=model, optimizer=optimizer, strategy=strategy, config=config,
                      workdir=workdir, outdir=outdir, evaluate=evaluate,
-                     sign=1.0 if higher_is_better else -1.0)
+                     sign=1.0 if higher_is_better else -1.0,
+                     callbacks=keras.callbacks.CallbackList(callbacks or [], model=model))
         train_steps = _make_train_step(model, optimizer, strategy, config.clip_norm, loss_fn,
                                        jit_compile)
         return loop.run(train_steps, make_batches, steps_per_epoch, steps_per_execution)
@@ -185,7 +186,8 @@ class _Loop:
     ``best_value`` holds ``sign * metric``, so the best is always the largest.
     """
 
-    def __init__(self, *, model, optimizer, strategy, config, workdir, outdir, evaluate, sign):
+    def __init__(self, *, model, optimizer, strategy, config, workdir, outdir, evaluate, sign,
+                 callbacks):
         self.model, self.optimizer, self.strategy, self.config = model, optimizer, strategy, config
         self.workdir, self.outdir, self.evaluate, self.sign = workdir, outdir, evaluate, sign
         with strategy.scope():
@@ -213,7 +215,9 @@ class _Loop:
         self.eval_writer = tf.summary.create_file_writer(os.path.join(outdir, "logs", "validation"))
         self.step = self.first_step = int(self.counters["step"].numpy())
         self.stopped_early = False
-        self.saved_at = None
+        self.saved_at, self.last_loss, self.callbacks = None, math.nan, callbacks
+        self.epoch_open = False
+        model.stop_training = False
 
     def _count(self, name):
         return int(self.counters[name].numpy())
@@ -260,8 +264,12 @@ class _Loop:
                     "train.learning_rate or check the data")
             with self.writer.as_default(step=self.step):
                 tf.summary.scalar("loss", loss)
+            self.last_loss, self.epoch_open = float(loss), True
+        for index, loss in enumerate(losses, self._count("batch_in_epoch")):
+            self.callbacks.on_train_batch_end(index, {"loss": float(loss)})
         self.counters["step"].assign(self.step)
         self.counters["batch_in_epoch"].assign_add(len(losses))
+        self.stopped_early = self.stopped_early or self.model.stop_training
         with self.writer.as_default(step=self.step):
             tf.summary.scalar("learning_rate", self.optimizer.learning_rate)
 
@@ -272,7 +280,7 @@ class _Loop:
         iterator = iter(self.strategy.experimental_distribute_dataset(batches))
         while True:
             steps = self.steps_to_next_event(total, steps_per_execution)
-            losses = _run_steps(train_steps, iterator, steps, self.step, self.manager)
+            losses = run_steps(train_steps, iterator, steps, self.step, self.manager)
             if not len(losses):
                 return True
             self.record_losses(losses)
@@ -294,6 +302,7 @@ class _Loop:
                   f"{self._count('epoch') + 1}, batch {self._count('batch_in_epoch')})",
                   flush=True)
         total, started = self.config.total_steps(steps_per_epoch), time.time()
+        self.callbacks.on_train_begin()
         with StopSignals() as signals:
             while self.step < total and not self.stopped_early:
                 batches = make_batches(self._count("epoch"), self._count("batch_in_epoch"))
@@ -304,14 +313,28 @@ class _Loop:
                     print(flush=True)
                     if self.evaluate and not self.config.eval_every:
                         self.run_evaluation(steps_per_epoch)
+                    self.end_epoch(self._count("epoch") - 1)
                 self.save(force=True)  # also at an epoch end: it records the next epoch's position
         print(flush=True)
         if self.evaluate and (not self.history or self.history[-1]["step"] != self.step):
             # max_steps ended mid-epoch: the best pick needs the final weights too.
             self.run_evaluation(steps_per_epoch)
+        if self.epoch_open:  # the run ended inside an epoch or at its last step
+            self.end_epoch(self._count("epoch"))
         best = self.restore_best()
         report_worker_weights(self.model, self.strategy)
+        self.callbacks.on_train_end()
         return TrainState(self.step, self.history, best, self.stopped_early, time.time() - started)
+
+    def end_epoch(self, epoch):
+        """Keras's ``on_epoch_end`` with the last loss and this step's validation metrics."""
+        self.epoch_open = False
+        logs = {"loss": self.last_loss}
+        if self.history and self.history[-1]["step"] == self.step:
+            logs.update({f"val_{k}": v for k, v in self.history[-1].items()
+                         if k not in ("step", "epoch")})
+        self.callbacks.on_epoch_end(epoch, logs)
+        self.stopped_early = self.stopped_early or self.model.stop_training
 
     def restore_best(self):
         if not (self.evaluate and self.history):
@@ -324,23 +347,3 @@ class _Loop:
                 self.best_checkpoint.read(path).expect_partial()
                 break
         return best
-
-
-# What a collective raises on the survivors when another worker dies or cannot be reached.
-_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-                tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError)
-
-
-def _run_steps(train_steps, iterator, steps, step, manager):
-    try:
-        return train_steps(iterator, tf.constant(steps)).numpy()
-    except _PEER_ERRORS as error:
-        # The useful line of a graph error is the op's message, not the trace before it.
-        noise = ("Graph execution error", "Detected at node", " ")
-        lines = [line.strip() for line in str(error).splitlines()
-                 if line.strip() and not line.startswith(noise)]
-        reason = (lines[-1] if lines else "")[:300]
-        raise TrainingError(
-            f"lost another worker during step {step + 1} ({type(error).__name__}: {reason}); "
-            f"the last checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}. "
-            "Restart every worker with the same command to resume from it") from None

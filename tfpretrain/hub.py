@@ -172,6 +172,7 @@ def _keras_name(variable):
     return variable.name.split(":")[0].replace("/", "_")
 
 
+@keras.saving.register_keras_serializable(package="tfpretrain")
 class HubLayer(keras.layers.Layer):
     """A TF Hub-format SavedModel as a Keras 3 layer, frozen or fine-tunable.
 
@@ -191,6 +192,12 @@ class HubLayer(keras.layers.Layer):
             variables train (image encoders: batch norm keeps its pretrained statistics, as the
             Keras transfer-learning guide prescribes; a Keras 3 functional model passes the outer
             ``training`` to every layer, whatever the layer was called with when it was built).
+        path: where ``handle`` was loaded from, when ``handle`` is an object (a ``.keras`` file
+            stores the path, not the SavedModel, and loads the layer from it again).
+
+    A model holding the layer saves and loads with ``model.save("m.keras")`` /
+    ``keras.models.load_model`` (after ``import tfpretrain``): the file keeps the layer's handle
+    and options and the (fine-tuned) weights; the handle must still resolve when it is loaded.
 
     Example:
         >>> encoder = HubLayer("/tmp/bert_encoder", trainable=True)  # doctest: +SKIP
@@ -201,10 +208,11 @@ class HubLayer(keras.layers.Layer):
     def __init__(self, handle: Any, trainable: bool = False, signature: str | None = None,
                  output_key: str | None = None,
                  trainable_filter: Callable[[tf.Variable], bool] | None = None,
-                 inference_only: bool = False, **kwargs: Any) -> None:
+                 inference_only: bool = False, path: str | None = None,
+                 trainable_variable_names: list[str] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("dtype", "float32")
         super().__init__(trainable=trainable, **kwargs)
-        self.handle = handle if isinstance(handle, str) else None
+        self.handle = handle if isinstance(handle, str) else path
         self._obj = load_saved_model(handle) if isinstance(handle, str) else handle
         self._signature = signature
         self._output_key = output_key
@@ -227,7 +235,12 @@ class HubLayer(keras.layers.Layer):
             self._function = self._obj.__call__
             self._takes_training = _has_training_argument(self._function)
         trainable_vars, frozen_vars = _restored_variables(self._obj, self._function)
+        if trainable_variable_names is not None:  # from a .keras file: the filter's choice
+            names = set(trainable_variable_names)
+            trainable_filter = lambda variable: variable.name in names  # noqa: E731
+        self._trainable_names = None
         if trainable_filter is not None:
+            self._trainable_names = [v.name for v in trainable_vars if trainable_filter(v)]
             frozen_vars = [v for v in trainable_vars if not trainable_filter(v)] + frozen_vars
             trainable_vars = [v for v in trainable_vars if trainable_filter(v)]
         self._hub_weights = [
@@ -260,6 +273,14 @@ class HubLayer(keras.layers.Layer):
             # the Keras wrappers of the same variables would store every weight a second time.
             children.pop("_hub_weights", None)
         return children
+
+    def get_config(self) -> dict:
+        if self.handle is None:
+            raise ValueError(f"HubLayer {self.name!r} was built from a loaded object without "
+                             "path=, so a .keras file cannot say where to load it from")
+        return {**super().get_config(), "handle": self.handle, "signature": self._signature,
+                "output_key": self._output_key, "inference_only": self._inference_only,
+                "trainable_variable_names": self._trainable_names}
 
     @property
     def saved_model(self) -> Any:

@@ -87,6 +87,7 @@ def load_image_encoder(handle: str = "digits_resnet", fine_tune_blocks: int = 0,
         chosen = {id(v) for v in list(obj.variables)[-top:]}
         trainable_filter = lambda variable: id(variable) in chosen  # noqa: E731
     layer = hub.HubLayer(obj, trainable=fine_tune_blocks != 0, trainable_filter=trainable_filter,
+                         path=hub.resolve_handle(path),
                          inference_only=fine_tune_blocks >= 0, name="image_encoder")
     if fine_tune_blocks and not layer.trainable_weights:
         raise ImageEncoderError(f"{handle!r} has no trainable variables; use "

@@ -92,7 +92,7 @@ def load_sentence_encoder(handle: str = "minilm_l6_sentence", trainable: bool = 
                 f"signature {signature!r} of {handle!r} has outputs {sorted(outputs)}; "
                 "choose one with model.output_key")
         output_key = next(iter(outputs))
-    layer = hub.HubLayer(obj, trainable=trainable, signature=signature or None,
+    layer = hub.HubLayer(obj, trainable=trainable, signature=signature or None, path=path,
                          output_key=output_key or None, name="sentence_encoder")
     if trainable and not layer.trainable_weights:
         raise SentenceEncoderError(f"{handle!r} has no trainable variables; use "

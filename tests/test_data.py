@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 from tests.conftest import TOY_ROWS, write_csv
 from tfpretrain.data import tfds as tp_tfds
@@ -142,30 +143,39 @@ def test_head_tail_truncation_keeps_a_quarter_from_the_start_and_the_rest_from_t
         pack_texts(loaded.preprocessor, texts, 18, "middle")
 
 
+class _ToyText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A tiny TFDS text dataset: ``SPLITS`` maps each split to ``(examples, labelled)`` with
+    ``labelled`` one of "all", "none" (label -1, as glue/* test splits) or "half"."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    SPLITS: dict = {}
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "sentence": tfds.features.Text(),
+            "label": tfds.features.ClassLabel(names=["neg", "pos"])}))
+
+    def _split_generators(self, dl_manager):
+        return {split: self._generate_examples(*spec) for split, spec in self.SPLITS.items()}
+
+    def _generate_examples(self, count, labelled):
+        for i in range(count):
+            text, name = TOY_ROWS[i % len(TOY_ROWS)]
+            missing = labelled == "none" or (labelled == "half" and i % 2)
+            yield i, {"sentence": f"{text} {i}",
+                      "label": -1 if missing else ["neg", "pos"].index(name)}
+
+
+class UnlabelledTestToy(_ToyText):
+    SPLITS = {"train": (6, "all"), "validation": (6, "all"), "test": (6, "none"),
+              "mixed": (6, "half")}
+
+
+class NoValidationToy(_ToyText):  # train and test only, as imdb_reviews and ag_news_subset have
+    SPLITS = {"train": (40, "all"), "test": (6, "all")}
+
+
 def test_an_unlabelled_tfds_split_is_left_out_not_scored(tmp_path, capsys):
-    import tensorflow_datasets as tfds
-
-    class UnlabelledTestToy(tfds.core.GeneratorBasedBuilder):
-        """Labelled train/validation, a test split whose labels are all -1 (as glue/* has)."""
-
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "sentence": tfds.features.Text(),
-                "label": tfds.features.ClassLabel(names=["neg", "pos"])}))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples("all"),
-                    "validation": self._generate_examples("all"),
-                    "test": self._generate_examples("none"),
-                    "mixed": self._generate_examples("half")}
-
-        def _generate_examples(self, labelled):
-            for i, (text, name) in enumerate(TOY_ROWS):
-                missing = labelled == "none" or (labelled == "half" and i % 2)
-                yield i, {"sentence": text, "label": -1 if missing else ["neg", "pos"].index(name)}
-
     datasets, _ = make_text_datasets(TextDataConfig(name="unlabelled_test_toy",
                                                     data_dir=str(tmp_path)))
     assert sorted(datasets) == ["train", "validation"]
@@ -190,26 +200,6 @@ def test_a_score_is_never_computed_on_unlabelled_examples():
 
 def test_a_tfds_dataset_without_validation_holds_out_every_10th_training_example(tmp_path,
                                                                                  capsys):
-    import tensorflow_datasets as tfds
-
-    class NoValidationToy(tfds.core.GeneratorBasedBuilder):
-        """Train and test only, as imdb_reviews and ag_news_subset have."""
-
-        VERSION = tfds.core.Version("1.0.0")
-
-        def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "text": tfds.features.Text(),
-                "label": tfds.features.ClassLabel(names=["neg", "pos"])}))
-
-        def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(40), "test": self._generate_examples(6)}
-
-        def _generate_examples(self, count):
-            for i in range(count):
-                text, name = TOY_ROWS[i % len(TOY_ROWS)]
-                yield i, {"text": f"{text} {i}", "label": name}
-
     config = TextDataConfig(name="no_validation_toy", data_dir=str(tmp_path))
     datasets, _ = make_text_datasets(config)
     assert "has no 'validation' split: every 10th example" in capsys.readouterr().err

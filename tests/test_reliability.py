@@ -272,13 +272,10 @@ def test_a_full_disk_is_one_line_not_a_traceback(toy_bert, toy_csv, tmp_path):
 @pytest.mark.slow  # like the SIGTERM test: a toy run interrupted and resumed (~60 s)
 def test_ctrl_c_checkpoints_exits_130_with_one_line_and_the_rerun_resumes(toy_bert, toy_csv,
                                                                          tmp_path):
-    workdir = tmp_path / "run"
-    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=60",
+    args = toy_recipe_args(toy_bert, toy_csv, tmp_path / "run", "--train.epochs=60",
                            "--train.checkpoint_every=100000", "--export.enabled=false")
     process = _popen(args)
-    for line in process.stdout:  # wait until it is training
-        if line.lstrip().startswith("epoch"):
-            break
+    next(line for line in process.stdout if line.lstrip().startswith("epoch"))  # training now
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr[-2000:]

@@ -135,3 +135,12 @@ def test_fit_calls_keras_callbacks_and_honours_early_stopping(toy_bert, tmp_path
                 TrainConfig(epochs=5), strategy, str(tmp_path / "stop"),
                 lambda m: {"accuracy": 0.5}, callbacks=[stop])
     assert state.step == 4 and state.stopped_early
+
+
+def test_a_loss_as_best_metric_keeps_the_lowest(toy_bert, tmp_path):
+    strategy, model, optimizer, data = _setup(toy_bert)
+    losses = iter([0.5, 0.2, 0.9])
+    state = fit(model, optimizer, lambda epoch, skip: data.skip(skip), 1,
+                TrainConfig(epochs=3, best_metric="loss"), strategy, str(tmp_path),
+                lambda m: {"loss": next(losses)}, higher_is_better=False)
+    assert state.best["step"] == 2 and state.best["loss"] == 0.2

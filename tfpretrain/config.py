@@ -57,7 +57,10 @@ class TrainConfig:
     clip_norm: float = option("global gradient-norm clipping (0 = off)", 1.0)
     checkpoint_every: int = option("steps between checkpoints", 50)
     eval_every: int = option("steps between evaluations (0 = at each epoch end)", 0)
-    best_metric: str = option("validation metric that picks the best checkpoint", "accuracy")
+    best_metric: str = option("validation metric that picks the best checkpoint, one the task "
+                              "reports (classification: accuracy, macro_f1, macro_precision, "
+                              "macro_recall, loss), checked at start-up; losses are minimised",
+                              "accuracy")
     early_stopping_patience: int = option("evaluations without improvement before stopping "
                                           "(0 = off)", 0)
     max_steps: int = option("stop after this many steps (0 = epochs x steps per epoch)", 0)

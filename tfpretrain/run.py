@@ -171,7 +171,7 @@ class Run:
               validation: tf.data.Dataset | None = None,
               evaluate: Callable[[keras.Model], dict] | None = None,
               loss_fn: Callable | None = None, train_config: Any = None, workdir: str | None = None,
-              what: str = "training", details: str = "",
+              what: str | None = None, details: str = "",
               callbacks: list | None = None) -> TrainState:
         """One training phase of ``model`` on ``batches(epoch, skip)``; returns its state.
 
@@ -189,7 +189,10 @@ class Run:
         with self.strategy.scope():
             optimizer = build_optimizer(config, total)
         trainable = count_parameters(model.trainable_variables)
-        print(f"{what}: replicas {self.strategy.num_replicas_in_sync} | global batch "
+        # The first training line starts "replicas ..." (logs and tests look for it); a named
+        # phase says its name first.
+        print(("" if what is None else f"{what}: ") + f"replicas "
+              f"{self.strategy.num_replicas_in_sync} | global batch "
               f"{config.global_batch_size} | steps/epoch {self.steps_per_epoch} | total steps "
               f"{total} | trainable parameters {trainable:,}"
               + (f" | {details}" if details else ""), flush=True)

@@ -55,16 +55,21 @@ def main(cfg):
 
 def _train(run, name, examples, model, size, phases):
     """Trains one run through its phases and scores it on the test split."""
-    cfg = run.cfg
-    augment = tp.images.build_augmenter(cfg.data.augment, cfg.train.seed)
+    cfg, augment = run.cfg, []
+
+    def fresh_augmenter(before):  # each phase augments from the seed's start
+        return lambda: (before(), augment.insert(0, tp.images.build_augmenter(
+            cfg.data.augment, cfg.train.seed)))
 
     def batches(split, epoch=None, skip=0, augmented=None):
         seed = None if epoch is None else cfg.train.seed + epoch
         return tp.images.make_image_batches(examples[split], cfg.train.global_batch_size, size,
                                             augmented, seed, cfg.data.shuffle_buffer, skip)
 
+    phases = [(what, config, subdir, fresh_augmenter(before))
+              for what, config, subdir, before in phases]
     state = run.train_phases(
-        model, phases, lambda epoch, skip: batches("train", epoch, skip, augment),
+        model, phases, lambda epoch, skip: batches("train", epoch, skip, augment[0]),
         validation=batches("validation") if "validation" in examples else None,
         workdir=run.workdir if name == "transfer" else os.path.join(run.workdir, "baselines", name))
     test = {"test": run.evaluate(model, batches("test"))} if "test" in examples else {}

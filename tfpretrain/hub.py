@@ -130,7 +130,9 @@ def unseeded_random_ops(model: keras.Model) -> list[str]:
     found = []
     for layer in model.layers:
         if isinstance(layer, HubLayer) and layer.trainable and layer._takes_training:
-            found += [f"{layer.name}/{op}" for op in _unseeded_ops(layer._function)]
+            if layer._unseeded_ops is None:  # graph_def of a whole encoder: read it once
+                layer._unseeded_ops = _unseeded_ops(layer._function)
+            found += [f"{layer.name}/{op}" for op in layer._unseeded_ops]
     return found
 
 
@@ -217,6 +219,7 @@ class HubLayer(keras.layers.Layer):
         self._signature = signature
         self._output_key = output_key
         self._inference_only = inference_only
+        self._unseeded_ops = None  # filled by unseeded_random_ops
         if signature:
             if signature not in self._obj.signatures:
                 raise ValueError(

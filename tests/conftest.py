@@ -1,15 +1,17 @@
 """Shared fixtures: a toy TF Hub-format BERT and small labelled text files. No network."""
 
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-# Every test (and every subprocess it starts) uses a private cache, never ~/.cache.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# A line of TensorFlow's C++ logging ("I0000 00:00:1795974347.369 32657 port.cc:153] ...") or of
+# Abseil's notice before it; entry points must print none unless asked (tfpretrain/_quiet.py).
+CPP_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d|absl::InitializeLog|cuInit", re.MULTILINE)
 
 TOY_ROWS = [
     ("good great fun movie love best", "pos"),
@@ -21,6 +23,7 @@ TOY_ROWS = [
 ]
 
 
+# Every test (and every subprocess it starts) uses a private cache, never ~/.cache.
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "tfpretrain_cache"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import run_python
+from tests.conftest import CPP_LOG_LINE, run_python
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,7 @@ def test_table_json_and_file_inputs(export_dir, tmp_path):
     expected = serve(text=tf.constant(texts))
     table = run_python(["-m", "tfpretrain.predict", "--model", export_dir, *texts], timeout=120)
     assert table.returncode == 0, table.stderr[-2000:]
+    assert not CPP_LOG_LINE.search(table.stderr), table.stderr[:2000]
     lines = table.stdout.strip().splitlines()
     assert lines[0].split() == ["input", "label", "probability"] and len(lines) == 4
     for line, label, p in zip(lines[1:], expected["label"].numpy(),

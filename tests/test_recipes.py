@@ -10,13 +10,14 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, TOY_ROWS, run_python, toy_recipe_args, write_csv
+from tests.conftest import CPP_LOG_LINE, ROOT, TOY_ROWS, run_python, toy_recipe_args, write_csv
 
 
 def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
     result = run_python(toy_recipe_args(toy_bert, toy_csv, workdir, "--export.tflite=true"))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not CPP_LOG_LINE.search(result.stderr + result.stdout), result.stderr[:3000]
     out = result.stdout
     assert "replicas 1 | global batch 8 | steps/epoch 6 | total steps 36" in out
     assert "trainable parameters" in out and "Summary" in out
@@ -135,7 +136,28 @@ def test_empty_split_is_an_error(toy_bert, toy_csv, tmp_path):
 def test_help_lists_flags(recipe, flag):
     result = run_python(["-m", f"recipes.{recipe}", "--help"], timeout=120)
     assert result.returncode == 0
-    assert flag in result.stdout and "--debug" in result.stdout
+    assert flag in result.stdout and "--debug" in result.stdout and "--verbose" in result.stdout
+    assert not CPP_LOG_LINE.search(result.stderr), result.stderr[:3000]
+
+
+def test_verbose_and_tf_cpp_min_log_level_bring_tensorflow_logging_back():
+    """The quiet default is the entry points' doing: --verbose or TF_CPP_MIN_LOG_LEVEL=0 undo it."""
+    verbose = run_python(["-m", "recipes.embed", "--verbose", "--help"], timeout=120)
+    by_env = run_python(["-m", "recipes.embed", "--help"], env={"TF_CPP_MIN_LOG_LEVEL": "0"},
+                        timeout=120)
+    for result in (verbose, by_env):
+        assert result.returncode == 0 and CPP_LOG_LINE.search(result.stderr), result.stderr
+
+
+def test_tensorflows_abseil_log_level_can_be_set():
+    """_quiet sets the level through a mangled Abseil symbol: fails if TensorFlow's Abseil moves."""
+    from tfpretrain import _quiet
+
+    assert _quiet.set_min_log_level(3)
+    assert _quiet.is_entry_point(["python", "-m", "recipes.embed", "--help"])
+    assert _quiet.is_entry_point(["python", "-X", "faulthandler", "-m", "tfpretrain.predict"])
+    assert not _quiet.is_entry_point(["python", "my_script.py", "-m", "recipes.embed"])
+    assert not _quiet.is_entry_point(["python", "-c", "import tfpretrain", "-m", "recipes.embed"])
 
 
 def _use_args(encoder, toy_csv, workdir, *extra):

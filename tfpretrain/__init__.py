@@ -19,6 +19,10 @@ Modules: tp.config (options, sections, recipe_config), tp.cli, tp.files, tp.zoo 
 tp.images (image data), tp.mlm (masked-LM pretraining), tp.report, tp.tflite.
 """
 
+# First, before anything loads TensorFlow: quiets its C++ logging under python -m recipes.* etc.
+from tfpretrain import _quiet  # noqa: F401
+
+# isort: split
 from tfpretrain import cli, config, files, report, tflite, zoo
 from tfpretrain.checkpoints import Interrupted, Preempted, TrainingError
 from tfpretrain.data import images

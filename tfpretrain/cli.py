@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -32,14 +31,13 @@ def run(main: Callable[[Any], object], config: Any, argv: list[str] | None = Non
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]  # --verbose: see _quiet.py
     if "--help" in argv or "-h" in argv:
         print(description.strip())
         print("\nOptions (--key=value; --config FILE reruns a saved config.json; "
-              "--debug shows tracebacks):")
+              "--debug shows tracebacks; --verbose shows TensorFlow's C++ logging):")
         print("\n".join(config_lib.help_text(config)))
         return 0
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         config_lib.parse_args(config, argv)
         main(config)

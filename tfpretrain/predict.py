@@ -90,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true",
                         help="JSON lines with every class's probability")
     parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's C++ logging (quiet by default)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     texts = list(args.texts)
     try:
         if args.file:

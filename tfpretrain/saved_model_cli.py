@@ -9,13 +9,12 @@ Same arguments as ``saved_model_cli``:
         --input_exprs 'text=["Shares fell 5% after the results."]'
 """
 
-import os
 import sys
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow_text  # noqa: F401  (registers the ops before the SavedModel is read)
     from tensorflow.python.tools import saved_model_cli
 
     sys.argv[0] = "saved_model_cli"
+    sys.argv = [a for a in sys.argv if a != "--verbose"]  # --verbose: see tfpretrain/_quiet.py
     saved_model_cli.main()

@@ -1,0 +1,92 @@
+"""Quiet TensorFlow's C++ logging for the command-line entry points, before TensorFlow loads.
+
+TensorFlow 2.21 logs through Abseil before anything calls ``absl::InitializeLog()``, so every
+message (oneDNN notices, "Could not find cuda drivers", "failed call to cuInit", CPU-instruction
+notices) goes to stderr and ``TF_CPP_MIN_LOG_LEVEL`` does not apply to them. Two copies of Abseil
+log: the one in ``libtensorflow_framework`` (exported, so its minimum level can be set) and one
+linked privately into the Python extension, which logs only while it loads. So an entry point
+(``python -m recipes.<name>``, ``python -m tfpretrain.<tool>``, ``python -m benchmarks.<name>``):
+
+1. sets the exported copy's minimum level before TensorFlow is imported (its later lines too:
+   "failed call to cuInit" on machines without a GPU, "oneDNN supports DT_INT64 only on ..."),
+2. imports TensorFlow with file descriptor 2 pointed at /dev/null (the private copy's lines).
+
+The level: ``TF_CPP_MIN_LOG_LEVEL`` when the user sets it (0 shows everything), else 0 with
+``--verbose``, else 3 (only fatal errors; TensorFlow's errors reach the user as Python
+exceptions anyway, and at level 2 notices logged as errors remain). A library import
+(``import tfpretrain`` in the user's own code) changes nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+import sys
+
+# absl::SetMinLogLevel(absl::LogSeverityAtLeast) in the Abseil release TensorFlow 2.21 links
+# (tests/test_cli.py checks that the installed TensorFlow still exports it).
+_SET_MIN_LOG_LEVEL = "_ZN4absl12lts_2025081414SetMinLogLevelENS0_18LogSeverityAtLeastE"
+_FATAL = 3
+_ENTRY_PACKAGES = ("recipes.", "tfpretrain.", "benchmarks.")
+
+
+def is_entry_point(argv: list[str] | None = None) -> bool:
+    """Whether this process was started as ``python -m <one of our packages>.<module>``."""
+    argv = list(getattr(sys, "orig_argv", []) if argv is None else argv)
+    options = iter(argv[1:])
+    for option in options:  # the interpreter's options, up to -m, -c or a script
+        if option == "-m":
+            return next(options, "").startswith(_ENTRY_PACKAGES)
+        if option in ("-W", "-X"):
+            next(options, None)
+        elif option == "-c" or not option.startswith("-"):
+            return False
+    return False
+
+
+def chosen_level(argv: list[str]) -> int:
+    """The C++ log level of this run: TF_CPP_MIN_LOG_LEVEL, else 0 with --verbose, else 3."""
+    given = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
+    if given.strip().isdigit():
+        return min(int(given), _FATAL)
+    return 0 if "--verbose" in argv else _FATAL
+
+
+def set_min_log_level(level: int) -> bool:
+    """Sets the minimum severity of TensorFlow's Abseil logging; False where it cannot."""
+    spec = importlib.util.find_spec("tensorflow")
+    if spec is None or not spec.origin:
+        return False
+    library = os.path.join(os.path.dirname(spec.origin), "libtensorflow_framework.so.2")
+    try:
+        # RTLD_LOCAL (the default): a global load clashes with OpenSSL in Python's hashlib.
+        setter = getattr(ctypes.CDLL(library), _SET_MIN_LOG_LEVEL)
+    except (OSError, AttributeError):  # another platform or another Abseil release
+        return False
+    setter.argtypes, setter.restype = [ctypes.c_int], None
+    setter(level)
+    return True
+
+
+def quiet_tensorflow(argv: list[str]) -> None:
+    """Steps 1-2 above (nothing to do when the chosen level is 0 or TensorFlow is loaded)."""
+    level = chosen_level(argv)
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(level)  # TensorFlow's own logging, child processes
+    if level == 0 or "tensorflow" in sys.modules:
+        return
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    try:
+        set_min_log_level(level)
+        import tensorflow  # noqa: F401
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+if is_entry_point():  # on import: tfpretrain/__init__.py imports this module first
+    quiet_tensorflow(sys.argv)

@@ -24,7 +24,8 @@ option = tp.config.option
 @dataclasses.dataclass
 class BertModelConfig:
     encoder: str = option("preset name, local dir, gs:// path or tfhub.dev/Kaggle URL of a "
-                          "TF Hub-format BERT encoder", "minilm_l6")
+                          "TF Hub-format BERT encoder; or hf://org/model or a KerasHub preset name "
+                          "(converted once)", "minilm_l6")
     preprocessor: str = option("matching TF Hub-format preprocessor ('' = the preset's)", "")
     seq_length: int = option("maximum tokens per example (batches are padded to their own longest "
                              "example); 0 = the preset's (256), else 256 or the encoder's "

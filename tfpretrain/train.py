@@ -31,6 +31,7 @@ from tfpretrain.checkpoints import (
 )
 from tfpretrain.config import TrainConfig
 from tfpretrain.distribute import is_chief, report_worker_weights
+from tfpretrain.step import make_train_step
 from tfpretrain.tasks.classification import classification_loss
 
 LossFn = Callable[[tf.Tensor, tf.Tensor], "tuple[tf.Tensor, tf.Tensor]"]
@@ -45,65 +46,7 @@ class TrainState:
     best: dict
     stopped_early: bool
     seconds: float
-
-
-def _make_train_step(model, optimizer, strategy, clip_norm, loss_fn, jit_compile=False):
-    """Returns ``train_steps(iterator, steps) -> losses``: up to ``steps`` optimizer steps in one
-    ``tf.function`` call (fewer when the iterator runs out), one global-batch loss per step."""
-    with strategy.scope():
-        # Slots made lazily inside the first distributed step break MirroredStrategy.
-        optimizer.build(model.trainable_variables)
-    variables = model.trainable_variables
-    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-
-    def local_gradients(inputs, labels):
-        # No collectives here, so XLA can compile it (per input shape).
-        with tf.GradientTape() as tape:
-            losses, weights = loss_fn(labels, model(inputs, training=True))
-            loss_sum = tf.reduce_sum(losses * weights)
-            scaled = optimizer.scale_loss(loss_sum) if loss_scaled else loss_sum
-        return loss_sum, tf.reduce_sum(weights), tape.gradient(scaled, variables)
-
-    if jit_compile:
-        local_gradients = tf.function(local_gradients, jit_compile=True, reduce_retracing=True)
-
-    def replica_step(inputs, labels):
-        loss_sum, weight, grads = local_gradients(inputs, labels)
-        # A variable the loss does not reach (e.g. an unused pooler) has no gradient.
-        grads, used = zip(*[(g, v) for g, v in zip(grads, variables) if g is not None])
-        # The weighted mean over the global batch (weights summed over replicas), so partial
-        # batches and uneven masked-token counts are exact.
-        context = tf.distribute.get_replica_context()
-        total_weight = tf.maximum(context.all_reduce(tf.distribute.ReduceOp.SUM, weight), 1e-9)
-        # Dense: an embedding gradient lists a row once per occurrence of its token, and Keras's
-        # Adam squares it per listed row (sum of squares, not square of the sum) and all-reduces
-        # it again over replicas (more duplicates): a different step on 1 and on 2 replicas.
-        grads = [tf.convert_to_tensor(g) / total_weight
-                 for g in context.all_reduce(tf.distribute.ReduceOp.SUM, grads)]
-        if clip_norm:
-            # Clipping a loss-scaled gradient at the scaled norm == clipping the true one.
-            scale = optimizer.dynamic_scale if loss_scaled else 1.0
-            grads, _ = tf.clip_by_global_norm(grads, clip_norm * scale)
-        # Keras sums gradients over replicas again inside apply_gradients; pre-dividing keeps
-        # clipping on the true global gradient (Keras would clip each replica's part).
-        if context.num_replicas_in_sync > 1:
-            grads = [g / context.num_replicas_in_sync for g in grads]
-        optimizer.apply_gradients(zip(grads, used))
-        return loss_sum / total_weight
-
-    @tf.function(reduce_retracing=True)
-    def train_steps(iterator, steps):
-        losses = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
-        for i in tf.range(steps):
-            batch = iterator.get_next_as_optional()
-            if not batch.has_value():
-                break
-            per_replica = strategy.run(replica_step, args=batch.get_value())
-            losses = losses.write(
-                i, strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
-        return losses.stack()
-
-    return train_steps
+    stopped_by: str = ""  # "" (the schedule's end), "patience", "time" or "callback"
 
 
 def _progress(step, total, loss, started, first_step, epoch):
@@ -172,8 +115,8 @@ def fit(model: keras.Model, optimizer: keras.optimizers.Optimizer,
                      workdir=workdir, outdir=outdir, evaluate=evaluate,
                      sign=1.0 if higher_is_better else -1.0,
                      callbacks=keras.callbacks.CallbackList(callbacks or [], model=model))
-        train_steps = _make_train_step(model, optimizer, strategy, config.clip_norm, loss_fn,
-                                       jit_compile)
+        train_steps = make_train_step(model, optimizer, strategy, config.clip_norm, loss_fn,
+                                      jit_compile)
         return loop.run(train_steps, make_batches, steps_per_epoch, steps_per_execution)
     finally:
         if not chief:
@@ -196,11 +139,13 @@ class _Loop:
                                           "evals_without_improvement")}
             self.best_value = tf.Variable(-math.inf, dtype=tf.float64, trainable=False,
                                           name="best_value")
+            # Training seconds of earlier (killed or capped) runs of this workdir.
+            self.seconds = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="seconds")
         # Keras keeps dropout's random state in SeedGenerator variables that tf.train.Checkpoint
         # does not reach through the model; without them a resumed run draws other dropout masks.
         random_state = [v.value for v in model.variables if v.path.endswith("seed_generator_state")]
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                              best_value=self.best_value,
+                                              best_value=self.best_value, seconds=self.seconds,
                                               random_state=random_state, **self.counters)
         # Every worker restores the chief's checkpoints; each writes to its own directory.
         self.restored = restore_newest(self.checkpoint, tf.train.CheckpointManager(
@@ -214,13 +159,27 @@ class _Loop:
         self.writer = tf.summary.create_file_writer(os.path.join(outdir, "logs", "train"))
         self.eval_writer = tf.summary.create_file_writer(os.path.join(outdir, "logs", "validation"))
         self.step = self.first_step = int(self.counters["step"].numpy())
-        self.stopped_early = False
+        self.seconds_before, self.started = float(self.seconds.numpy()), time.time()
+        self.stopped_by = "patience" if self.out_of_patience() else ""
         self.saved_at, self.last_loss, self.callbacks = None, math.nan, callbacks
         self.epoch_open = False
         model.stop_training = False
 
     def _count(self, name):
         return int(self.counters[name].numpy())
+
+    def out_of_patience(self):
+        patience = self.config.early_stopping_patience
+        return patience > 0 and self._count("evals_without_improvement") >= patience
+
+    def check_time(self, total, earlier_runs_only=False):
+        """Stops the run once train.max_minutes of training (over all its runs) have passed."""
+        seconds = self.seconds_before + (0 if earlier_runs_only else time.time() - self.started)
+        if self.config.max_minutes and seconds >= 60 * self.config.max_minutes and (
+                not self.stopped_by):
+            self.stopped_by = "time"
+            print(f"\nstopping: train.max_minutes={self.config.max_minutes:g} reached at step "
+                  f"{self.step:,} of {total:,}", flush=True)
 
     def run_evaluation(self, steps_per_epoch):
         # Scalars only: per-class tables and confusion matrices go to the final report.
@@ -236,13 +195,15 @@ class _Loop:
             self.best_checkpoint.write(self.best_path)
         else:
             self.counters["evals_without_improvement"].assign_add(1)
-            patience = self.config.early_stopping_patience
-            self.stopped_early = bool(
-                patience and self._count("evals_without_improvement") >= patience)
+            if self.out_of_patience():
+                self.stopped_by = "patience"
+                print(f"early stop: no better validation {self.config.best_metric} in "
+                      f"{self.config.early_stopping_patience} evaluations", flush=True)
 
     def save(self, force=False):
         # Once per step by this process (the newest on disk may be unreadable).
         if force or self.saved_at != self.step:
+            self.seconds.assign(self.seconds_before + time.time() - self.started)
             self.manager.save(checkpoint_number=self.step)
             self.saved_at = self.step
 
@@ -269,7 +230,7 @@ class _Loop:
             self.callbacks.on_train_batch_end(index, {"loss": float(loss)})
         self.counters["step"].assign(self.step)
         self.counters["batch_in_epoch"].assign_add(len(losses))
-        self.stopped_early = self.stopped_early or self.model.stop_training
+        self.stop_if_asked()
         with self.writer.as_default(step=self.step):
             tf.summary.scalar("learning_rate", self.optimizer.learning_rate)
 
@@ -293,7 +254,8 @@ class _Loop:
             if signals.received:
                 self.save()
                 signals.stop(self.step, self.manager.latest_checkpoint)
-            if self.step >= total or self.stopped_early:
+            self.check_time(total)
+            if self.step >= total or self.stopped_by:
                 return False
 
     def run(self, train_steps, make_batches, steps_per_epoch, steps_per_execution):
@@ -302,9 +264,13 @@ class _Loop:
                   f"{self._count('epoch') + 1}, batch {self._count('batch_in_epoch')})",
                   flush=True)
         total, started = self.config.total_steps(steps_per_epoch), time.time()
+        if total <= 0:
+            raise ValueError("nothing to train: set train.epochs or train.max_steps (epochs=0, "
+                             "auto, is decided by tfpretrain.Run.train)")
         self.callbacks.on_train_begin()
+        self.check_time(total, earlier_runs_only=True)  # a resumed run whose time was up
         with StopSignals() as signals:
-            while self.step < total and not self.stopped_early:
+            while self.step < total and not self.stopped_by:
                 batches = make_batches(self._count("epoch"), self._count("batch_in_epoch"))
                 if self.train_epoch(train_steps, batches, total, steps_per_epoch,
                                     steps_per_execution, signals, started):
@@ -324,7 +290,8 @@ class _Loop:
         best = self.restore_best()
         report_worker_weights(self.model, self.strategy)
         self.callbacks.on_train_end()
-        return TrainState(self.step, self.history, best, self.stopped_early, time.time() - started)
+        return TrainState(self.step, self.history, best, bool(self.stopped_by),
+                          time.time() - started, self.stopped_by)
 
     def end_epoch(self, epoch):
         """Keras's ``on_epoch_end`` with the last loss and this step's validation metrics."""
@@ -334,7 +301,12 @@ class _Loop:
             logs.update({f"val_{k}": v for k, v in self.history[-1].items()
                          if k not in ("step", "epoch")})
         self.callbacks.on_epoch_end(epoch, logs)
-        self.stopped_early = self.stopped_early or self.model.stop_training
+        self.stop_if_asked()
+
+    def stop_if_asked(self):
+        """A callback (Keras ``EarlyStopping``, ...) set ``model.stop_training``."""
+        if self.model.stop_training and not self.stopped_by:
+            self.stopped_by = "callback"
 
     def restore_best(self):
         if not (self.evaluate and self.history):

@@ -106,6 +106,11 @@ class SingleLabelClassification:
     def __init__(self, label_names: list[str]):
         self.label_names = list(label_names)
 
+    @property
+    def num_classes(self) -> int:
+        """Outputs of the head (also what the automatic training budget scales with)."""
+        return len(self.label_names)
+
     def build_head(self, dropout: float = 0.1, seed: int | None = None,
                    hidden_units: Iterable[int] = ()) -> keras.Sequential:
         """The classification head (``heads.build_classification_head``), named ``classifier``."""

@@ -1,0 +1,89 @@
+"""The default text recipe on every offline dataset: what the automatic budget chose, how long it
+took, what it scored, beside the published reference.
+
+Runs ``python -m recipes.bert_text_classifier`` with its default flags (only the data flags
+differ) on BBC News (the TFDS builder), SST-2, HWU64 from ``../shared/data/`` and prints one
+Markdown table. Each run has its own work directory under ``--workdir``; a finished run is read,
+not repeated (delete its directory to rerun), so the script can be stopped and restarted.
+
+    python -m benchmarks.datasets                       # all datasets (hours on a 2-core CPU)
+    python -m benchmarks.datasets --only hwu64 --extra=--train.max_minutes=25
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH_DIR)
+DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
+
+# name -> (data flags relative to DATA, test split name, published reference)
+DATASETS = {
+    "bbc_news": ([], "test", "—"),
+    "sst2": (["--data.train_file=sst2/train.tsv", "--data.test_file=sst2/dev.tsv"], "dev",
+             "MiniLM-L6×H384 91.5 (dev; MiniLM paper)"),
+    "hwu64": (["--data.train_file=hwu64/train.csv", "--data.validation_file=hwu64/dev.csv",
+               "--data.test_file=hwu64/test.csv", "--data.label_key=category"], "test",
+              "BERT-base 89.9 (DialoGLUE)"),
+}
+
+
+def run(name, workdir, extra):
+    """Runs (or reads back) the recipe on dataset ``name``; returns metrics, timing and stdout."""
+    flags, _, _ = DATASETS[name]
+    flags = [f.replace("=", "=" + DATA + os.sep, 1) if f.endswith((".tsv", ".csv")) else f
+             for f in flags]
+    metrics_file = os.path.join(workdir, "metrics.json")
+    if not os.path.exists(metrics_file):
+        command = [sys.executable, "-m", "recipes.bert_text_classifier",
+                   f"--workdir={workdir}", *flags, *extra]
+        print(f"[bench] {' '.join(command[1:])}", flush=True)
+        with open(os.path.join(os.path.dirname(workdir), f"{name}.log"), "w") as log:
+            result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            sys.exit(f"error: the {name} run failed (exit {result.returncode}); see {log.name}")
+    with open(metrics_file) as f:
+        metrics = json.load(f)
+    with open(os.path.join(workdir, "timing.json")) as f:
+        timing = json.load(f)
+    return metrics, timing
+
+
+def row(name, metrics, timing):
+    _, split, reference = DATASETS[name]
+    budget = metrics.get("budget", {})
+    history = metrics["validation_history"]
+    last, best = history[-1], metrics["best_validation"]
+    stopped = metrics.get("stopped_by") or "end of schedule"
+    return [name, f"{metrics['split_sizes']['train']:,}", len(metrics["label_names"]),
+            budget.get("epochs", "—"), metrics["steps"], stopped,
+            f"{timing['train_seconds'] / 60:.1f}",
+            f"{100 * best['accuracy']:.2f} (step {best['step']}; "
+            f"last {100 * last['accuracy']:.2f})",
+            f"{100 * metrics['test']['accuracy']:.2f} ({split})", reference]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.datasets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "benchmark_datasets"))
+    parser.add_argument("--only", nargs="*", choices=sorted(DATASETS), default=sorted(DATASETS))
+    parser.add_argument("--extra", action="append", default=[],
+                        help="a recipe flag added to every run (repeatable)")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.only:
+        metrics, timing = run(name, os.path.join(args.workdir, name), args.extra)
+        rows.append(row(name, metrics, timing))
+    header = ["dataset", "train examples", "classes", "epochs (auto)", "steps", "stopped by",
+              "train minutes", "best validation accuracy", "test accuracy", "published"]
+    print("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                    + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

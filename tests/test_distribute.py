@@ -49,9 +49,11 @@ def _recipe(args):
 def _checkpoint(workdir):
     reader = tf.train.load_checkpoint(os.path.join(workdir, "checkpoints"))
     tensors = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
-    # Weights, optimizer slots and the best validation score; not the step counters.
+    # Weights, optimizer slots and the best validation score; not the step counters, not the
+    # training seconds (wall time, kept for train.max_minutes).
     return {name: t for name, t in tensors.items()
-            if getattr(t, "dtype", None) is not None and t.dtype.kind == "f"}
+            if getattr(t, "dtype", None) is not None and t.dtype.kind == "f"
+            and not name.startswith("seconds/")}
 
 
 def _max_difference(a, b):

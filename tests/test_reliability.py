@@ -21,10 +21,12 @@ from tfpretrain import converters, zoo
 
 
 def _weights(workdir):
-    """Every saved tensor of the run's latest checkpoint (model, optimizer, counters)."""
+    """Every saved tensor of the run's latest checkpoint (model, optimizer, counters), except
+    the training seconds (wall time, kept for train.max_minutes)."""
     reader = tf.train.load_checkpoint(str(workdir / "checkpoints"))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if "_CHECKPOINTABLE_OBJECT_GRAPH" not in name and not name.startswith("save_counter")}
+            if "_CHECKPOINTABLE_OBJECT_GRAPH" not in name
+            and not name.startswith(("save_counter", "seconds/"))}
 
 
 def _same_weights(a, b):

@@ -55,6 +55,7 @@ def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
     assert "Resuming from" in again.stdout
 
 
+@pytest.mark.slow  # 45 s: two recipe runs (tests/test_train.py covers the loop by default)
 def test_epochs_auto_says_what_it_chose_and_max_minutes_stops_evaluates_exports(
         toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"

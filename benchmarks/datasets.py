@@ -74,9 +74,10 @@ def main(argv=None):
     parser.add_argument("--extra", action="append", default=[],
                         help="a recipe flag added to every run (repeatable)")
     args = parser.parse_args(argv)
-    rows = []
+    rows, workdir = [], os.path.abspath(args.workdir)  # the recipe runs with cwd = the repository
+    os.makedirs(workdir, exist_ok=True)
     for name in args.only:
-        metrics, timing = run(name, os.path.join(args.workdir, name), args.extra)
+        metrics, timing = run(name, os.path.join(workdir, name), args.extra)
         rows.append(row(name, metrics, timing))
     header = ["dataset", "train examples", "classes", "epochs (auto)", "steps", "stopped by",
               "train minutes", "best validation accuracy", "test accuracy", "published"]

@@ -16,26 +16,25 @@ import os
 import subprocess
 import sys
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(BENCH_DIR)
+from benchmarks.common import ROOT, markdown_table
+
 DATA = os.path.normpath(os.path.join(ROOT, "..", "shared", "data"))
 
-# name -> (data flags relative to DATA, test split name, published reference)
+# name -> (data flags, test split name, published reference)
 DATASETS = {
     "bbc_news": ([], "test", "—"),
-    "sst2": (["--data.train_file=sst2/train.tsv", "--data.test_file=sst2/dev.tsv"], "dev",
-             "MiniLM-L6×H384 91.5 (dev; MiniLM paper)"),
-    "hwu64": (["--data.train_file=hwu64/train.csv", "--data.validation_file=hwu64/dev.csv",
-               "--data.test_file=hwu64/test.csv", "--data.label_key=category"], "test",
+    "sst2": ([f"--data.train_file={DATA}/sst2/train.tsv", f"--data.test_file={DATA}/sst2/dev.tsv"],
+             "dev", "MiniLM-L6×H384 91.5 (dev; MiniLM paper)"),
+    "hwu64": ([f"--data.train_file={DATA}/hwu64/train.csv",
+               f"--data.validation_file={DATA}/hwu64/dev.csv",
+               f"--data.test_file={DATA}/hwu64/test.csv", "--data.label_key=category"], "test",
               "BERT-base 89.9 (DialoGLUE)"),
 }
 
 
 def run(name, workdir, extra):
-    """Runs (or reads back) the recipe on dataset ``name``; returns metrics, timing and stdout."""
+    """Runs (or reads back) the recipe on dataset ``name``; returns its metrics and timing."""
     flags, _, _ = DATASETS[name]
-    flags = [f.replace("=", "=" + DATA + os.sep, 1) if f.endswith((".tsv", ".csv")) else f
-             for f in flags]
     metrics_file = os.path.join(workdir, "metrics.json")
     if not os.path.exists(metrics_file):
         command = [sys.executable, "-m", "recipes.bert_text_classifier",
@@ -81,8 +80,7 @@ def main(argv=None):
         rows.append(row(name, metrics, timing))
     header = ["dataset", "train examples", "classes", "epochs (auto)", "steps", "stopped by",
               "train minutes", "best validation accuracy", "test accuracy", "published"]
-    print("\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                    + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]))
+    print(markdown_table(header, rows))
     return 0
 
 

@@ -55,11 +55,13 @@ def main(cfg):
 
 def _train(run, name, examples, model, size, phases):
     """Trains one run through its phases and scores it on the test split."""
-    cfg, augment = run.cfg, []
+    cfg, augment = run.cfg, [None]  # the current phase's augmenter
 
     def fresh_augmenter(before):  # each phase augments from the seed's start
-        return lambda: (before(), augment.insert(0, tp.images.build_augmenter(
-            cfg.data.augment, cfg.train.seed)))
+        def start_phase():
+            before()
+            augment[0] = tp.images.build_augmenter(cfg.data.augment, cfg.train.seed)
+        return start_phase
 
     def batches(split, epoch=None, skip=0, augmented=None):
         seed = None if epoch is None else cfg.train.seed + epoch

@@ -25,7 +25,7 @@ import os
 import sys
 
 # absl::SetMinLogLevel(absl::LogSeverityAtLeast) in the Abseil release TensorFlow 2.21 links
-# (tests/test_cli.py checks that the installed TensorFlow still exports it).
+# (tests/test_recipes.py checks that the installed TensorFlow still exports it).
 _SET_MIN_LOG_LEVEL = "_ZN4absl12lts_2025081414SetMinLogLevelENS0_18LogSeverityAtLeastE"
 _FATAL = 3
 _ENTRY_PACKAGES = ("recipes.", "tfpretrain.", "benchmarks.")

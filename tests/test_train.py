@@ -171,3 +171,71 @@ def test_a_loss_as_best_metric_keeps_the_lowest(toy_bert, tmp_path):
                 TrainConfig(epochs=3, best_metric="loss"), strategy, str(tmp_path),
                 lambda m: {"loss": next(losses)}, higher_is_better=False)
     assert state.best["step"] == 2 and state.best["loss"] == 0.2
+
+
+def test_weight_averages_follow_the_warmed_up_decay_and_swap_back():
+    import keras
+
+    from tfpretrain.optimizers import FusedAdamW
+
+    variable = keras.Variable(np.zeros(3, "float32"))
+    optimizer = FusedAdamW(0.1, weight_decay=0.0, average_decay=0.5)
+    optimizer.build([variable])
+    expected = np.zeros(3)
+    for t in range(4):
+        optimizer.apply_gradients([(tf.ones(3), variable)])
+        decay = min(0.5, (1 + t) / (10 + t))  # tf.train.ExponentialMovingAverage's warm-up
+        expected = decay * expected + (1 - decay) * variable.numpy()
+    raw = variable.numpy().copy()
+    np.testing.assert_allclose(optimizer.averages[0].numpy(), expected, rtol=1e-6)
+    optimizer.swap_averages()
+    np.testing.assert_allclose(variable.numpy(), expected, rtol=1e-6)
+    optimizer.swap_averages()
+    np.testing.assert_array_equal(variable.numpy(), raw)
+
+
+def test_averaged_weights_are_evaluated_kept_as_best_and_ended_on(toy_bert, tmp_path):
+    import keras
+
+    strategy, model, _, data = _setup(toy_bert)
+    with strategy.scope():
+        optimizer = build_optimizer(TrainConfig(learning_rate=1e-2, average_decay=0.9), 8)
+    scores, evaluated, raw = iter([0.5, 0.9, 0.4, 0.3]), [], []
+
+    def evaluate(m):
+        evaluated.append([w.numpy().copy() for w in m.trainable_weights])
+        raw.append([a.numpy().copy() for a in optimizer.averages])  # swapped: the raw weights
+        return {"accuracy": next(scores)}
+
+    fit(model, optimizer, lambda epoch, skip: data, 1, TrainConfig(epochs=4), strategy,
+        str(tmp_path), evaluate)
+    assert not np.allclose(evaluated[1][0], raw[1][0])  # averages differ from the raw weights
+    # The model ends with the averaged weights of the best evaluation (step 2).
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(evaluated[1], model.trainable_weights))
+    # Without evaluation the run ends on the averages of its last step.
+    strategy, model, _, data = _setup(toy_bert)
+    with strategy.scope():
+        optimizer = build_optimizer(TrainConfig(learning_rate=1e-2, average_decay=0.9), 8)
+    last = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: last.__setitem__(
+        slice(None), [w.numpy().copy() for w in model.trainable_weights]))
+    fit(model, optimizer, lambda epoch, skip: data, 1, TrainConfig(epochs=2), strategy,
+        str(tmp_path / "no_eval"), callbacks=[record])
+    # Swapped in at the end: the optimizer now holds the last raw weights, the model the averages.
+    assert all(np.array_equal(r, a.numpy()) for r, a in zip(last, optimizer.averages))
+    assert not np.allclose(last[0], model.trainable_weights[0].numpy())
+
+
+def test_layer_decay_scales_each_layers_learning_rate():
+    import keras
+
+    from tfpretrain.optimizers import FusedAdamW
+
+    names = ["word_embeddings", "transformer/layer_0/kernel", "transformer/layer_1/kernel",
+             "classifier/kernel"]
+    variables = [keras.Variable(np.zeros(2, "float32"), name=n.replace("/", "_")) for n in names]
+    optimizer = FusedAdamW(0.1, weight_decay=0.0, layer_decay=0.5)
+    optimizer.apply_gradients([(tf.ones(2), v) for v in variables])
+    # Adam's first step moves each weight by its learning rate: 0.1 x 0.5 ** (layers above).
+    np.testing.assert_allclose([-v.numpy()[0] for v in variables], [0.0125, 0.025, 0.05, 0.1],
+                               rtol=1e-4)

@@ -56,6 +56,13 @@ class TrainConfig:
     weight_decay: float = option("AdamW decoupled weight decay (not on biases/LayerNorm)", 0.01)
     warmup_fraction: float = option("fraction of steps with linear warm-up", 0.1)
     clip_norm: float = option("global gradient-norm clipping (0 = off)", 1.0)
+    layer_decay: float = option("learning rate x this per transformer layer below the top "
+                                "(embeddings lowest; 1 = the same rate everywhere)", 1.0)
+    label_smoothing: float = option("classification: weight of the uniform distribution mixed "
+                                    "into the training targets (0 = off)", 0.0)
+    average_decay: float = option("evaluate, keep and export an exponential moving average of the "
+                                  "weights with this decay (warmed up over the first steps; "
+                                  "0 = off, the raw weights)", 0.0)
     checkpoint_every: int = option("steps between checkpoints", 50)
     eval_every: int = option("steps between evaluations (0 = at each epoch end; with epochs=0, "
                              "about 4 per epoch)", 0)

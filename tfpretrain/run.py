@@ -20,6 +20,8 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import os
 from collections.abc import Callable
 from typing import Any
@@ -211,7 +213,8 @@ class Run:
         self._allow_unseeded_random_ops(model)
         better = self.task.higher_is_better if self.task else higher_is_better
         return fit(model, optimizer, batches, self.steps_per_epoch, config, self.strategy,
-                   workdir or self.workdir, evaluate, loss_fn=loss_fn or self.task.loss,
+                   workdir or self.workdir, evaluate,
+                   loss_fn=_smoothed(loss_fn or self.task.loss, config.label_smoothing),
                    higher_is_better=better(config.best_metric),
                    steps_per_execution=self.cfg.runtime.steps_per_execution,
                    jit_compile=self.cfg.runtime.jit_compile, callbacks=callbacks)
@@ -336,3 +339,13 @@ class Run:
         print(f"  steps           {results['steps']} in {train_seconds:.1f} s{stopped}")
         for name, relative in self.artifacts.items():
             print(f"  {name:<15} {os.path.join(self.workdir, relative)}")
+
+
+def _smoothed(loss_fn: Callable, label_smoothing: float) -> Callable:
+    """``loss_fn`` with ``train.label_smoothing`` (a task loss that takes ``label_smoothing``)."""
+    if not label_smoothing:
+        return loss_fn
+    if "label_smoothing" not in inspect.signature(loss_fn).parameters:
+        raise config_lib.ConfigError(f"train.label_smoothing={label_smoothing}: this task's "
+                                     "loss has no label smoothing; set it to 0")
+    return functools.partial(loss_fn, label_smoothing=label_smoothing)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import keras
 import tensorflow as tf
@@ -164,6 +165,9 @@ class _Loop:
         self.saved_at, self.last_loss, self.callbacks = None, math.nan, callbacks
         self.epoch_open = False
         model.stop_training = False
+        # FusedAdamW(average_decay>0): evaluation, the best checkpoint and the end use averages.
+        inner = getattr(optimizer, "inner_optimizer", optimizer)
+        self.averaging = inner if getattr(inner, "average_decay", 0) else None
 
     def _count(self, name):
         return int(self.counters[name].numpy())
@@ -181,7 +185,22 @@ class _Loop:
             print(f"\nstopping: train.max_minutes={self.config.max_minutes:g} reached at step "
                   f"{self.step:,} of {total:,}", flush=True)
 
+    @contextmanager
+    def averaged_weights(self):
+        """The model holds the moving averages of its weights inside, if the run keeps them."""
+        if self.averaging:
+            self.averaging.swap_averages()
+        try:
+            yield
+        finally:
+            if self.averaging:
+                self.averaging.swap_averages()
+
     def run_evaluation(self, steps_per_epoch):
+        with self.averaged_weights():  # the best checkpoint holds what was evaluated
+            self.score(steps_per_epoch)
+
+    def score(self, steps_per_epoch):
         # Scalars only: per-class tables and confusion matrices go to the final report.
         metrics = {k: v for k, v in self.evaluate(self.model).items() if isinstance(v, float)}
         record = {"step": self.step, "epoch": round(self.step / steps_per_epoch, 2), **metrics}
@@ -310,6 +329,8 @@ class _Loop:
 
     def restore_best(self):
         if not (self.evaluate and self.history):
+            if self.averaging:
+                self.averaging.swap_averages()  # no best checkpoint: the run ends on the averages
             return {}
         metric = self.config.best_metric
         best = max(self.history, key=lambda r: self.sign * r[metric])

@@ -14,10 +14,18 @@ from tfpretrain import evaluate, heads, report
 from tfpretrain.tasks import higher_is_better
 
 
-def classification_loss(labels: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Softmax cross-entropy per example, each example weighing 1."""
-    per_example = keras.losses.sparse_categorical_crossentropy(
-        labels, tf.cast(logits, tf.float32), from_logits=True)
+def classification_loss(labels: tf.Tensor, logits: tf.Tensor, label_smoothing: float = 0.0
+                        ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Softmax cross-entropy per example, each example weighing 1; ``label_smoothing`` mixes
+    that much of the uniform distribution into the one-hot target."""
+    logits = tf.cast(logits, tf.float32)
+    if label_smoothing:
+        targets = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1])
+        per_example = keras.losses.categorical_crossentropy(
+            targets, logits, from_logits=True, label_smoothing=label_smoothing)
+    else:
+        per_example = keras.losses.sparse_categorical_crossentropy(labels, logits,
+                                                                   from_logits=True)
     return per_example, tf.ones_like(per_example)
 
 
@@ -116,8 +124,9 @@ class SingleLabelClassification:
         """The classification head (``heads.build_classification_head``), named ``classifier``."""
         return heads.build_classification_head(len(self.label_names), dropout, seed, hidden_units)
 
-    def loss(self, labels: tf.Tensor, logits: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return classification_loss(labels, logits)
+    def loss(self, labels: tf.Tensor, logits: tf.Tensor, label_smoothing: float = 0.0
+             ) -> tuple[tf.Tensor, tf.Tensor]:
+        return classification_loss(labels, logits, label_smoothing)
 
     def higher_is_better(self, metric: str) -> bool:
         return higher_is_better(metric)

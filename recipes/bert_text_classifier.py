@@ -40,7 +40,8 @@ class BertModelConfig:
 
 
 TextClassifierConfig = tp.config.recipe_config(
-    "bert_text_classifier", data=tp.TextDataConfig, model=BertModelConfig)
+    "bert_text_classifier", data=tp.TextDataConfig, model=BertModelConfig,
+    train=tp.config.HeadFirstTrainConfig, train_defaults={"head_epochs": 0})
 
 
 def main(cfg):
@@ -62,6 +63,9 @@ def main(cfg):
         return tp.make_batches(examples[split], cfg.train.global_batch_size, seq, seed,
                                cfg.data.shuffle_buffer, skip)
 
+    if cfg.train.head_epochs and m.trainable:
+        tp.warm_up_head(run, model, batches("train"), validation=batches("validation")
+                        if "validation" in examples else None, config=cfg.train)
     state = run.train(model, lambda epoch, skip: batches("train", epoch, skip),
                       validation=batches("validation") if "validation" in examples else None,
                       details=f"encoder {m.encoder} | seq_length {seq} | labels {label_names}")

@@ -76,10 +76,20 @@ def test_epochs_auto_says_what_it_chose_and_max_minutes_stops_evaluates_exports(
     assert json.loads((workdir / "metrics.json").read_text())["steps"] == 1
 
 
-def test_saved_model_cli_shows_a_string_input(toy_bert, toy_csv, tmp_path):
+def test_saved_model_cli_shows_a_string_input_and_fine_tuning_options_run(toy_bert, toy_csv,
+                                                                         tmp_path):
     workdir = tmp_path / "run"
-    assert run_python(toy_recipe_args(toy_bert, toy_csv, workdir,
-                                      "--train.epochs=1")).returncode == 0
+    result = run_python(toy_recipe_args(
+        toy_bert, toy_csv, workdir, "--train.epochs=1", "--train.head_epochs=2",
+        "--train.average_decay=0.9", "--train.layer_decay=0.8", "--train.label_smoothing=0.1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The head trains first on features of the frozen encoder (6 batches x 2 epochs), then all.
+    assert ("head warm-up on features of the frozen encoder: replicas 1 | global batch 8 | "
+            "steps/epoch 6 | total steps 12" in result.stdout)
+    assert (workdir / "head" / "checkpoints" / "ckpt-12.index").exists()
+    # The averaged weights are the ones exported: the export matches the model in memory.
+    line = [row for row in result.stdout.splitlines() if row.startswith("export check")][0]
+    assert float(line.split("max abs diff ")[1].split()[0]) <= 1e-5
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     shown = subprocess.run([cli, "show", "--dir", str(workdir / "export"), "--all"],
                            capture_output=True, text=True)

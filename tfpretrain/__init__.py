@@ -10,7 +10,8 @@ Public API (see README.md); recipes reach the library only through ``import tfpr
     TextDataConfig, ImageDataConfig, MlmDataConfig, make_text_datasets, make_corpus,
     tokenize_texts, make_batches, pack_texts, count_examples        — data
     Run, Export, start_run, set_seed, count_parameters              — the run seam
-    build_strategy, fit, build_optimizer, set_precision, describe_precision, is_chief — training
+    build_strategy, fit, build_optimizer, set_precision, describe_precision, is_chief,
+    warm_up_head                                                    — training
     write_report                                                    — reports
     export_text_classifier, export_image_classifier, serve_in_fresh_process, check_export
     export_bert_encoder, export_bert_preprocessor, export_sentence_encoder,
@@ -80,6 +81,7 @@ from tfpretrain.tasks.classification import (
     format_report,
 )
 from tfpretrain.train import TrainState, fit
+from tfpretrain.warmup import warm_up_head
 
 __version__ = "0.1.0"
 
@@ -123,6 +125,7 @@ __all__ = [
     "feature_extractor",
     "files",
     "fit",
+    "warm_up_head",
     "format_report",
     "images",
     "is_chief",

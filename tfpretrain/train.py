@@ -101,7 +101,8 @@ def fit(model: keras.Model, optimizer: keras.optimizers.Optimizer,
 
     Returns:
         A ``TrainState``; the model holds the best weights by ``config.best_metric`` when
-        ``evaluate`` is given, else the last ones.
+        ``evaluate`` is given, else the last ones (with ``train.average_decay``, their moving
+        averages: what was evaluated is what is kept and exported).
 
     Example:
         >>> state = fit(model, build_optimizer(config, 100), lambda epoch, skip: batches, 50,

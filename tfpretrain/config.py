@@ -87,7 +87,8 @@ class HeadFirstTrainConfig(TrainConfig):
     """Training in two phases: the head alone first (``head_epochs`` at ``head_learning_rate``),
     then the rest (``epochs`` at ``learning_rate``)."""
 
-    head_epochs: int = option("phase 1: epochs of the head alone", 30)
+    head_epochs: int = option("phase 1: epochs of the head alone, on features of the frozen "
+                              "encoder (bert_text_classifier: 0 = no head warm-up)", 30)
     head_learning_rate: float = option("phase 1: peak AdamW learning rate of the head", 1e-3)
 
     def head_phase(self, extra_epochs: int = 0) -> TrainConfig:

@@ -76,8 +76,22 @@ def test_epochs_auto_says_what_it_chose_and_max_minutes_stops_evaluates_exports(
     assert json.loads((workdir / "metrics.json").read_text())["steps"] == 1
 
 
-def test_saved_model_cli_shows_a_string_input_and_fine_tuning_options_run(toy_bert, toy_csv,
-                                                                         tmp_path):
+def test_saved_model_cli_shows_a_string_input(toy_bert, toy_csv, tmp_path):
+    workdir = tmp_path / "run"
+    assert run_python(toy_recipe_args(toy_bert, toy_csv, workdir,
+                                      "--train.epochs=1")).returncode == 0
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", str(workdir / "export"), "--all"],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    serving = shown.stdout.split("signature_def['serving_default']")[1]
+    assert "dtype: DT_STRING" in serving and "name: serving_default_text:0" in serving
+    for key in ("probabilities", "label_id", "label"):
+        assert f"outputs['{key}']" in serving
+
+
+@pytest.mark.slow  # 30 s; tests/test_train.py covers each option in the loop by default
+def test_head_warm_up_and_fine_tuning_options_run_through_the_recipe(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
     result = run_python(toy_recipe_args(
         toy_bert, toy_csv, workdir, "--train.epochs=1", "--train.head_epochs=2",
@@ -90,14 +104,6 @@ def test_saved_model_cli_shows_a_string_input_and_fine_tuning_options_run(toy_be
     # The averaged weights are the ones exported: the export matches the model in memory.
     line = [row for row in result.stdout.splitlines() if row.startswith("export check")][0]
     assert float(line.split("max abs diff ")[1].split()[0]) <= 1e-5
-    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    shown = subprocess.run([cli, "show", "--dir", str(workdir / "export"), "--all"],
-                           capture_output=True, text=True)
-    assert shown.returncode == 0, shown.stderr[-2000:]
-    serving = shown.stdout.split("signature_def['serving_default']")[1]
-    assert "dtype: DT_STRING" in serving and "name: serving_default_text:0" in serving
-    for key in ("probabilities", "label_id", "label"):
-        assert f"outputs['{key}']" in serving
 
 
 @pytest.mark.slow  # 75 s; the kill matrix covers kill -9 at many more moments

@@ -125,7 +125,6 @@ __all__ = [
     "feature_extractor",
     "files",
     "fit",
-    "warm_up_head",
     "format_report",
     "images",
     "is_chief",
@@ -150,6 +149,7 @@ __all__ = [
     "start_run",
     "tflite",
     "tokenize_texts",
+    "warm_up_head",
     "write_report",
     "zoo",
 ]

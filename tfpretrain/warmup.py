@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import keras
 import tensorflow as tf
 
+from tfpretrain.evaluate import predict_outputs
 from tfpretrain.models import feature_extractor
 
 if TYPE_CHECKING:
@@ -21,10 +22,8 @@ if TYPE_CHECKING:
 
 def featurize(model: keras.Model, batches: tf.data.Dataset) -> tf.data.Dataset:
     """``(features, label)`` examples: what ``model``'s ``classifier`` head sees for each example
-    of ``batches`` (inference mode: no dropout)."""
-    features = feature_extractor(model)
-    pairs = [(features(inputs, training=False), labels) for inputs, labels in batches]
-    return tf.data.Dataset.from_tensor_slices(tuple(tf.concat(p, axis=0) for p in zip(*pairs)))
+    of ``batches`` (inference mode, one compiled forward pass per batch shape)."""
+    return tf.data.Dataset.from_tensor_slices(predict_outputs(feature_extractor(model), batches))
 
 
 def warm_up_head(run: Run, model: keras.Model, train: tf.data.Dataset,

@@ -2,7 +2,8 @@
 took, what it scored, beside the published reference.
 
 Runs ``python -m recipes.bert_text_classifier`` with its default flags (only the data flags
-differ) on BBC News (the TFDS builder), SST-2, HWU64 from ``../shared/data/`` and prints one
+differ) on BBC News (the TFDS builder), SST-2, HWU64, MRPC (pairs), STS-B (pairs, regression) and
+CoNLL-2003's entity types per sentence (multi-label) from ``../shared/data/`` and prints one
 Markdown table. Each run has its own work directory under ``--workdir``; a finished run is read,
 not repeated (delete its directory to rerun), so the script can be stopped and restarted.
 
@@ -29,7 +30,24 @@ DATASETS = {
                f"--data.validation_file={DATA}/hwu64/dev.csv",
                f"--data.test_file={DATA}/hwu64/test.csv", "--data.label_key=category"], "test",
               "BERT-base 89.9 (DialoGLUE)"),
+    "mrpc": ([f"--data.train_file={DATA}/mrpc/train.tsv",
+              f"--data.validation_file={DATA}/mrpc/dev.tsv",
+              f"--data.test_file={DATA}/mrpc/test.tsv", "--data.text_key=sentence1,sentence2"],
+             "test", "BERT-base 84.6 / F1 88.9 (GLUE test)"),
+    "stsb": ([f"--data.train_file={DATA}/stsb/train.tsv",
+              f"--data.validation_file={DATA}/stsb/dev.tsv",
+              f"--data.test_file={DATA}/stsb/test.tsv", "--data.text_key=sentence1,sentence2",
+              "--data.label_key=score"], "test",
+             "BERT-base 89.0 (Pearson/Spearman avg.); all-MiniLM-L6-v2 cosine, no training: 82.0"),
+    "conll_types": ([f"--data.train_file={DATA}/conll2003/train.txt",
+                     f"--data.validation_file={DATA}/conll2003/dev.txt",
+                     f"--data.test_file={DATA}/conll2003/test.txt", "--data.format=conll"],
+                    "test", "—"),
 }
+
+# The headline metric of each task type: (key in metrics.json, the second figure shown beside it)
+HEADLINE = {"classification": ("accuracy", "f1"), "regression": ("spearman", "pearson"),
+            "multilabel": ("micro_f1", "macro_f1")}
 
 
 def run(name, workdir, extra):
@@ -55,14 +73,16 @@ def row(name, metrics, timing):
     _, split, reference = DATASETS[name]
     budget = metrics.get("budget", {})
     history = metrics["validation_history"]
-    last, best = history[-1], metrics["best_validation"]
+    main_metric, second = HEADLINE[metrics.get("task", "classification")]
+    last, best, test = history[-1], metrics["best_validation"], metrics["test"]
     stopped = metrics.get("stopped_by") or "end of schedule"
-    return [name, f"{metrics['split_sizes']['train']:,}", len(metrics["label_names"]),
-            budget.get("epochs", "—"), metrics["steps"], stopped,
-            f"{timing['train_seconds'] / 60:.1f}",
-            f"{100 * best['accuracy']:.2f} (step {best['step']}; "
-            f"last {100 * last['accuracy']:.2f})",
-            f"{100 * metrics['test']['accuracy']:.2f} ({split})", reference]
+    shown = f"{main_metric} {100 * test[main_metric]:.2f}" + (
+        f", {second} {100 * test[second]:.2f}" if second in test else "")
+    return [name, f"{metrics['split_sizes']['train']:,}",
+            len(metrics.get("label_names", [])) or "score", budget.get("epochs", "—"),
+            metrics["steps"], stopped, f"{timing['train_seconds'] / 60:.1f}",
+            f"{100 * best[main_metric]:.2f} (step {best['step']}; "
+            f"last {100 * last[main_metric]:.2f})", f"{shown} ({split})", reference]
 
 
 def main(argv=None):
@@ -79,7 +99,7 @@ def main(argv=None):
         metrics, timing = run(name, os.path.join(workdir, name), args.extra)
         rows.append(row(name, metrics, timing))
     header = ["dataset", "train examples", "classes", "epochs (auto)", "steps", "stopped by",
-              "train minutes", "best validation accuracy", "test accuracy", "published"]
+              "train minutes", "best validation", "test", "published"]
     print(markdown_table(header, rows))
     return 0
 

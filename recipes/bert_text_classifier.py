@@ -1,4 +1,7 @@
-"""Fine-tune a BERT-family encoder on a text classification dataset and export it on raw strings.
+"""Fine-tune a BERT-family encoder on labelled texts or text pairs and export it on raw strings.
+
+Labels are classes, numbers (regression) or sets of classes (multi-label, `|`-separated in
+files), inferred from the data unless --model.task says.
 
 Default: the offline all-MiniLM-L6-v2 preset (minilm_l6) on BBC News (5 topics), fine-tuned end to
 end (256 tokens with head+tail truncation, layer-wise learning rates decaying 0.8 per layer; the
@@ -8,14 +11,15 @@ a 2-core CPU.
     python -m recipes.bert_text_classifier
     python -m recipes.bert_text_classifier --data.name=glue/sst2 --data.test_split=
     python -m recipes.bert_text_classifier --model.encoder=<dir> --model.preprocessor=<dir>
+    python -m recipes.bert_text_classifier --data.train_file=mrpc/train.tsv \
+        --data.text_key=sentence1,sentence2            # pairs: serving_default(text_a, text_b)
+    python -m recipes.bert_text_classifier --data.train_file=stsb/train.tsv \
+        --data.text_key=sentence1,sentence2 --data.label_key=score    # regression
 """
 
 import dataclasses
 import os
 import sys
-
-import numpy as np
-import tensorflow as tf
 
 import tfpretrain as tp
 
@@ -38,6 +42,7 @@ class BertModelConfig:
     pooling: str = option("'mean' (masked mean of sequence_output) or 'pooled' (pooled_output)",
                           "mean", tp.POOLINGS)
     dropout: float = option("dropout before the classification layer", 0.1)
+    task: str = tp.task_option()
 
 
 TextClassifierConfig = tp.config.recipe_config(
@@ -48,15 +53,18 @@ TextClassifierConfig = tp.config.recipe_config(
 
 def main(cfg):
     run = tp.Run(cfg, "bert_text_classifier", multi_worker=True)
-    datasets, label_names = tp.make_text_datasets(cfg.data)
-    run.task = tp.SingleLabelClassification(label_names)
     m = cfg.model
+    data = tp.load_text_data(cfg.data, m.task)
+    run.task = tp.make_task(data.task, data.label_names)
+    if cfg.export.tflite and data.task != "classification":
+        raise tp.config.ConfigError("export.tflite scores single-label classifiers; this task "
+                                    f"is {data.task}: set export.tflite=false")
     with run.scope():
         encoder = tp.load_bert_encoder(m.encoder, m.preprocessor, m.trainable, m.seq_length,
                                        m.pooling)
-        model = tp.build_bert_classifier(encoder.layer, len(label_names), encoder.pooling,
+        model = tp.build_bert_classifier(encoder.layer, run.task.num_classes, encoder.pooling,
                                          m.dropout, seed=cfg.train.seed)
-    seq = encoder.seq_length
+    seq, datasets = encoder.seq_length, data.datasets
     examples = run.cache({s: tp.tokenize_texts(d, encoder.preprocessor, seq, m.truncation)
                           for s, d in datasets.items()})
 
@@ -70,17 +78,17 @@ def main(cfg):
                         if "validation" in examples else None, config=cfg.train)
     state = run.train(model, lambda epoch, skip: batches("train", epoch, skip),
                       validation=batches("validation") if "validation" in examples else None,
-                      details=f"encoder {m.encoder} | seq_length {seq} | labels {label_names}")
+                      details=f"encoder {m.encoder} | seq_length {seq} | "
+                              f"{run.task.describe_labels()}")
     split = "test" if "test" in datasets else "validation"
-    texts = [t.decode() for t, _ in datasets[split].take(8).as_numpy_iterator()]
-
+    texts = tp.decode_texts(t for t, _ in datasets[split].take(8).as_numpy_iterator())
+    inputs = ("text_a", "text_b") if data.pairs else ("text",)
     export = tp.Export(
-        write=lambda path: tp.export_text_classifier(model, label_names, path,
-                                                     encoder.preprocessor, seq, m.truncation),
-        check_inputs=texts, model_inputs=lambda batch: tp.pack_texts(
-            encoder.preprocessor, tf.constant(batch), seq, m.truncation),
-        after=lambda _, results: _export_tflite(model, encoder, datasets, cfg, run.workdir,
-                                                results))
+        write=lambda path: tp.export_text_classifier(model, None, path, encoder.preprocessor,
+                                                     seq, m.truncation, run.task, inputs),
+        check_inputs=texts, input_name=inputs, model_inputs=lambda batch: tp.pack_texts(
+            encoder.preprocessor, tp.text_batch(batch), seq, m.truncation),
+        after=lambda _, results: _export_tflite(model, encoder, datasets, cfg, run, results))
     run.finish(model, state, test=batches("test") if "test" in examples else None, export=export,
                report={"title": f"Text classifier: {m.encoder} on "
                                 f"{cfg.data.train_file or cfg.data.name}",
@@ -90,26 +98,16 @@ def main(cfg):
                                             f"{encoder.pooling} pooling",
                                    "trainable parameters":
                                        f"{tp.count_parameters(model.trainable_variables):,}"},
-                       "example_inputs": [t[:200] for t in texts[:2]]})
+                       "example_inputs": texts[:2]})
 
 
-def _export_tflite(model, encoder, datasets, cfg, workdir, results):
-    """Writes the quantized TFLite models and their size and accuracy into ``results``."""
+def _export_tflite(model, encoder, datasets, cfg, run, results):
+    """The quantized TFLite models, their size and accuracy into ``results``."""
     if not cfg.export.tflite:
         return {}
-
-    def packed(dataset):
-        texts, labels = zip(*dataset.as_numpy_iterator())
-        inputs = tp.pack_texts(encoder.preprocessor, tf.constant(texts), encoder.seq_length,
-                               cfg.model.truncation)
-        return {k: v.numpy() for k, v in inputs.items()}, np.array(labels)
-
-    calibration = datasets["train"].shuffle(100_000, seed=cfg.train.seed)
-    sample, _ = packed(calibration.take(cfg.export.tflite_calibration))
-    split = "test" if "test" in datasets else "validation"
-    inputs, labels = packed(datasets[split])
-    results["tflite"] = tp.tflite.export_and_score(model, os.path.join(workdir, "tflite"),
-                                                   encoder, sample, inputs, labels, split)
+    results["tflite"] = tp.tflite.export_and_score(
+        model, os.path.join(run.workdir, "tflite"), encoder, datasets, cfg.model.truncation,
+        cfg.export.tflite_calibration, cfg.train.seed)
     return {"tflite": "tflite/"}
 
 

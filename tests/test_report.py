@@ -3,7 +3,7 @@ import time
 import matplotlib.image
 import tensorflow as tf
 
-from tfpretrain import report
+from tfpretrain import plots, report
 
 
 def test_read_scalars_keeps_the_last_value_of_a_step_written_twice(tmp_path):
@@ -21,15 +21,15 @@ def test_read_scalars_keeps_the_last_value_of_a_step_written_twice(tmp_path):
 def test_plots_are_sized_for_their_content(tmp_path):
     names = [f"class {i}" for i in range(12)]
     matrix = [[5 if i == j else 1 for j in range(12)] for i in range(12)]
-    report.plot_confusion_matrix(matrix, names, tmp_path / "cm.png")
+    plots.plot_confusion_matrix(matrix, names, tmp_path / "cm.png")
     small = tmp_path / "cm2.png"
-    report.plot_confusion_matrix([[3, 1], [0, 4]], ["neg", "pos"], small)
+    plots.plot_confusion_matrix([[3, 1], [0, 4]], ["neg", "pos"], small)
     big_h, big_w = matplotlib.image.imread(tmp_path / "cm.png").shape[:2]
     small_h, small_w = matplotlib.image.imread(small).shape[:2]
     assert big_h > small_h and big_w > small_w  # 12 class names need more room than 2
     history = [{"step": 10, "accuracy": 0.9, "loss": 0.3},
                {"step": 20, "accuracy": 0.95, "loss": 0.2}]
-    report.plot_learning_curves([(s, 1.0 / s) for s in range(1, 21)], history,
-                                tmp_path / "lc.png", 10)
+    plots.plot_learning_curves([(s, 1.0 / s) for s in range(1, 21)], history,
+                               tmp_path / "lc.png", 10)
     height, width = matplotlib.image.imread(tmp_path / "lc.png").shape[:2]
     assert width > 2 * height  # two panels side by side

@@ -5,10 +5,12 @@ Public API (see README.md); recipes reach the library only through ``import tfpr
     load_sentence_encoder, embed_texts, load_embeddings             — sentence encoders (USE-style)
     load_image_encoder, scale_to_unit_range                         — image feature vectors
     build_bert_classifier, build_sentence_classifier, build_image_classifier,
-    build_resnet_classifier, build_classification_head, feature_extractor — models
-    SingleLabelClassification                                       — task types
-    TextDataConfig, ImageDataConfig, MlmDataConfig, make_text_datasets, make_corpus,
-    tokenize_texts, make_batches, pack_texts, count_examples        — data
+    build_resnet_classifier, build_classification_head, pair_features, sentence_features,
+    feature_extractor                                               — models
+    SingleLabelClassification, Regression, MultiLabelClassification, make_task — task types
+    TextDataConfig, ImageDataConfig, MlmDataConfig, load_text_data, make_text_datasets,
+    make_corpus, tokenize_texts, make_batches, pack_texts, text_batch, decode_texts,
+    count_examples                                                  — data
     Run, Export, start_run, set_seed, count_parameters              — the run seam
     build_strategy, fit, build_optimizer, set_precision, describe_precision, is_chief,
     warm_up_head                                                    — training
@@ -17,14 +19,14 @@ Public API (see README.md); recipes reach the library only through ``import tfpr
     export_bert_encoder, export_bert_preprocessor, export_sentence_encoder,
     export_image_encoder                                            — TF Hub-format writers
 Modules: tp.config (options, sections, recipe_config), tp.cli, tp.files, tp.zoo (presets),
-tp.images (image data), tp.mlm (masked-LM pretraining), tp.report, tp.tflite.
+tp.images (image data), tp.mlm (masked-LM pretraining), tp.report, tp.plots, tp.tflite.
 """
 
 # First, before anything loads TensorFlow: quiets its C++ logging under python -m recipes.* etc.
 from tfpretrain import _quiet  # noqa: F401
 
 # isort: split
-from tfpretrain import cli, config, files, report, tflite, zoo
+from tfpretrain import cli, config, files, plots, report, tflite, zoo
 from tfpretrain.checkpoints import Interrupted, Preempted, TrainingError
 from tfpretrain.data import images
 from tfpretrain.data.corpus import MlmDataConfig, make_corpus
@@ -32,11 +34,20 @@ from tfpretrain.data.images import ImageDataConfig
 from tfpretrain.data.pipeline import (
     TRUNCATIONS,
     count_examples,
+    decode_texts,
     make_batches,
     pack_texts,
+    text_batch,
     tokenize_texts,
 )
-from tfpretrain.data.text import TextDataConfig, make_text_datasets
+from tfpretrain.data.text import (
+    TASKS,
+    TextData,
+    TextDataConfig,
+    load_text_data,
+    make_text_datasets,
+    task_option,
+)
 from tfpretrain.distribute import (
     build_strategy,
     describe_precision,
@@ -53,7 +64,7 @@ from tfpretrain.export import (
     export_text_classifier,
     serve_in_fresh_process,
 )
-from tfpretrain.heads import build_classification_head
+from tfpretrain.heads import build_classification_head, pair_features, sentence_features
 from tfpretrain.hub import HubLayer, load_saved_model, resolve_handle
 from tfpretrain.hub_export import (
     export_bert_encoder,
@@ -74,12 +85,15 @@ from tfpretrain.pretrain import mlm
 from tfpretrain.pretrain.scratch import build_new_bert
 from tfpretrain.report import write_report
 from tfpretrain.run import Export, Run, count_parameters, set_seed, start_run
+from tfpretrain.tasks import make_task
 from tfpretrain.tasks.classification import (
     SingleLabelClassification,
     classification_metrics,
     evaluate_classifier,
     format_report,
 )
+from tfpretrain.tasks.multilabel import MultiLabelClassification, multilabel_metrics
+from tfpretrain.tasks.regression import Regression, cosine_baseline, regression_metrics
 from tfpretrain.train import TrainState, fit
 from tfpretrain.warmup import warm_up_head
 
@@ -87,15 +101,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "POOLINGS",
+    "TASKS",
     "TRUNCATIONS",
     "Export",
     "HubLayer",
     "ImageDataConfig",
     "Interrupted",
     "MlmDataConfig",
+    "MultiLabelClassification",
     "Preempted",
+    "Regression",
     "Run",
     "SingleLabelClassification",
+    "TextData",
     "TextDataConfig",
     "TrainState",
     "TrainingError",
@@ -112,7 +130,9 @@ __all__ = [
     "cli",
     "config",
     "count_examples",
+    "cosine_baseline",
     "count_parameters",
+    "decode_texts",
     "describe_precision",
     "embed_texts",
     "evaluate_classifier",
@@ -134,19 +154,28 @@ __all__ = [
     "load_image_encoder",
     "load_saved_model",
     "load_sentence_encoder",
+    "load_text_data",
     "make_batches",
     "make_corpus",
+    "make_task",
     "make_text_datasets",
     "mlm",
+    "multilabel_metrics",
     "pack_texts",
+    "pair_features",
     "per_replica_batch_size",
+    "plots",
+    "regression_metrics",
     "report",
     "resolve_handle",
     "scale_to_unit_range",
+    "sentence_features",
     "serve_in_fresh_process",
     "set_precision",
     "set_seed",
     "start_run",
+    "text_batch",
+    "task_option",
     "tflite",
     "tokenize_texts",
     "warm_up_head",

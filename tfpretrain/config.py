@@ -66,10 +66,10 @@ class TrainConfig:
     checkpoint_every: int = option("steps between checkpoints", 50)
     eval_every: int = option("steps between evaluations (0 = at each epoch end; with epochs=0, "
                              "about 4 per epoch)", 0)
-    best_metric: str = option("validation metric that picks the best checkpoint, one the task "
-                              "reports (classification: accuracy, macro_f1, macro_precision, "
-                              "macro_recall, loss), checked at start-up; losses are minimised",
-                              "accuracy")
+    best_metric: str = option("validation metric that picks the best checkpoint ('' = the "
+                              "task's: accuracy for classification, spearman for regression, "
+                              "micro_f1 for multi-label), one the task reports, checked at "
+                              "start-up; losses are minimised", "")
     early_stopping_patience: int = option("evaluations without improvement before stopping "
                                           "(0 = auto: 3 when epochs=0, else off; -1 = off)", 0)
     max_steps: int = option("stop after this many steps (0 = epochs x steps per epoch)", 0)

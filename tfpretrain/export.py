@@ -28,13 +28,17 @@ from tfpretrain.tasks.classification import SingleLabelClassification
 
 def export_text_classifier(model: keras.Model, label_names: list[str] | None, path: str,
                            preprocessor: Any = None, seq_length: int | None = None,
-                           truncation: str = "head", task: Any = None) -> str:
-    """Writes a SavedModel whose ``serving_default`` takes a 1-D batch of raw strings.
+                           truncation: str = "head", task: Any = None,
+                           inputs: Sequence[str] = ("text",)) -> str:
+    """Writes a SavedModel whose ``serving_default`` takes raw strings: a 1-D batch of texts, or
+    two (``inputs=("text_a", "text_b")``) for a model of sentence pairs.
 
     Signatures (TF Serving conventions, named inputs and outputs):
 
     - ``serving_default(text: string [batch]) -> {probabilities: float32 [batch, C],
-      label_id: int64 [batch], label: string [batch]}``;
+      label_id: int64 [batch], label: string [batch]}`` for single-label classification; the
+      task's outputs otherwise (``score`` for regression, ``probabilities`` and ``labels`` for
+      multi-label);
     - ``predict_embeddings(text) -> {embeddings: float32 [batch, dim]}``: the features the head
       classifies (pooled encoder output);
     - ``preprocess(text) -> {input_word_ids, input_mask, input_type_ids: int32 [batch,
@@ -44,15 +48,17 @@ def export_text_classifier(model: keras.Model, label_names: list[str] | None, pa
     label names are also in ``assets/labels.txt``.
 
     Args:
-        model: a Keras model returning logits: on BERT inputs when ``preprocessor`` is given
-            (``build_bert_classifier``), else on strings (``build_sentence_classifier``).
-        label_names: class names, in logit order.
+        model: a Keras model returning the head's outputs: on BERT inputs when ``preprocessor``
+            is given (``build_bert_classifier``), else on strings (``build_sentence_classifier``).
+        label_names: class names, in logit order (ignored when ``task`` is given).
         path: output directory, written atomically.
         preprocessor: TF Hub-format BERT preprocessor that turns strings into the model's inputs.
         seq_length, truncation: how the preprocessor packs long texts, as in training
-            (see ``pack_texts``).
+            (see ``pack_texts``; pairs share ``seq_length`` round robin).
         task: the task type whose outputs ``serving_default`` returns (default: single-label
             classification over ``label_names``).
+        inputs: the names of the string inputs: one, or two for pairs (a model on strings takes
+            them as a dict by these names, ``build_sentence_classifier(..., pairs=True)``).
 
     Example:
         >>> export_text_classifier(model, ["neg", "pos"], "/tmp/export", loaded.preprocessor,
@@ -60,18 +66,22 @@ def export_text_classifier(model: keras.Model, label_names: list[str] | None, pa
         >>> served = tf.saved_model.load("/tmp/export")  # doctest: +SKIP
         >>> served.signatures["serving_default"](text=tf.constant(["great film"]))  # doctest: +SKIP
     """
-    text_spec = tf.TensorSpec([None], tf.string, name="text")
+    specs = [tf.TensorSpec([None], tf.string, name=name) for name in inputs]
 
-    def model_inputs(text):
-        if preprocessor is None:
-            return text
-        return trim_to_longest(pack_texts(preprocessor, text, seq_length, truncation))
+    def texts(*strings):
+        return strings if len(strings) == 2 else strings[0]
 
-    endpoints = {"serving_default": (model_inputs, text_spec)}
+    def model_inputs(*strings):
+        if preprocessor is None:  # a model on strings: one, or {text_a, text_b}
+            return dict(zip(inputs, strings)) if len(strings) == 2 else strings[0]
+        return trim_to_longest(pack_texts(preprocessor, texts(*strings), seq_length, truncation))
+
+    endpoints = {"serving_default": (model_inputs, specs)}
     if preprocessor is not None:
         # What the TFLite models take: token ids padded to seq_length.
         endpoints["preprocess"] = (
-            lambda text: pack_texts(preprocessor, text, seq_length, truncation), text_spec)
+            lambda *strings: pack_texts(preprocessor, texts(*strings), seq_length, truncation),
+            specs)
     task = task or SingleLabelClassification(label_names)
     return _write_model(model, task, path, endpoints, track=[preprocessor] if preprocessor else [])
 
@@ -117,23 +127,24 @@ def export_image_classifier(model: keras.Model, label_names: list[str] | None, p
         return tf.image.resize(images, (image_size, image_size))
 
     task = task or SingleLabelClassification(label_names)
-    return _write_model(model, task, path, {"serving_default": (decode, bytes_spec),
-                                            "serving_float": (resize, float_spec)})
+    return _write_model(model, task, path, {"serving_default": (decode, [bytes_spec]),
+                                            "serving_float": (resize, [float_spec])})
 
 
 def _write_model(model, task, path, endpoints, track=()):
     """Writes ``model`` (inputs → head outputs) as a SavedModel, atomically, with Keras's
     ExportArchive.
 
-    ``endpoints``: ``{name: (to_model_inputs, input_spec)}``. ``serving_default`` and every
+    ``endpoints``: ``{name: (to_model_inputs, input_specs)}``. ``serving_default`` and every
     ``serving_*`` endpoint return the task's serving outputs; ``predict_embeddings`` (on
     ``serving_default``'s input) returns ``{embeddings}``; other endpoints return what their
     function returns.
     """
     features = feature_extractor(model)
-    to_inputs, spec = endpoints["serving_default"]
+    to_inputs, specs = endpoints["serving_default"]
     endpoints["predict_embeddings"] = (
-        lambda x: {"embeddings": tf.cast(features(to_inputs(x), training=False), tf.float32)}, spec)
+        lambda *x: {"embeddings": tf.cast(features(to_inputs(*x), training=False), tf.float32)},
+        specs)
     # Keras's ExportArchive, not tf.saved_model.save of a module holding the model: with the
     # latter, graph-mode loaders (TF Serving, saved_model_cli run, the TFLite converter) cannot
     # find the Keras layers' variables ("Could not find variable classifier/logits/bias"). And
@@ -148,16 +159,16 @@ def _write_model(model, task, path, endpoints, track=()):
         for layer in model.layers:
             if isinstance(layer, HubLayer):
                 archive.track(layer.saved_model)
-        for name, (fn, input_spec) in endpoints.items():
+        for name, (fn, input_specs) in endpoints.items():
             if name == "serving_default" or name.startswith("serving_"):
                 fn = _serving(model, fn, outputs)
-            archive.add_endpoint(name, fn, input_signature=[input_spec])
+            archive.add_endpoint(name, fn, input_signature=list(input_specs))
         archive.write_out(tmp, verbose=False)
     return path
 
 
 def _serving(model, to_inputs, outputs):
-    return lambda x: outputs(model(to_inputs(x), training=False))
+    return lambda *x: outputs(model(to_inputs(*x), training=False))
 
 
 _FRESH_PROCESS = """
@@ -165,34 +176,37 @@ import base64, json, sys
 import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (the export's tokeniser ops)
-inputs = json.load(open(sys.argv[2], encoding="utf-8"))
-values = [base64.b64decode(v) for v in inputs["b64"]] if "b64" in inputs else inputs["texts"]
+request = json.load(open(sys.argv[2], encoding="utf-8"))
+decode = (lambda v: base64.b64decode(v)) if request["b64"] else (lambda v: v)
 served = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]
-out = served(**{sys.argv[4]: tf.constant(values, tf.string)})
-np.save(sys.argv[3], out[sys.argv[5]].numpy())
+out = served(**{name: tf.constant([decode(v) for v in column], tf.string)
+                for name, column in zip(request["names"], request["columns"])})
+np.save(sys.argv[3], out[sys.argv[4]].numpy())
 """
 
 
-def serve_in_fresh_process(path: str, texts: Sequence[str | bytes], input_name: str = "text",
+def serve_in_fresh_process(path: str, texts: Sequence, input_name: str | Sequence[str] = "text",
                            output_key: str = "probabilities") -> np.ndarray:
     """``serving_default`` of the SavedModel at ``path`` on ``texts`` (strings, or bytes such as
-    encoded images), in a new Python that imports only ``tensorflow`` and ``tensorflow_text`` (no
-    tfpretrain, no keras).
+    encoded images; ``(text_a, text_b)`` tuples with two ``input_name``s), in a new Python that
+    imports only ``tensorflow`` and ``tensorflow_text`` (no tfpretrain, no keras).
 
     Returns the output ``output_key`` as a NumPy array (``input_name``/``output_key``:
     ``text``/``probabilities`` for classifiers, ``inputs``/``outputs`` for sentence encoders).
     """
+    names = [input_name] if isinstance(input_name, str) else list(input_name)
+    values = list(texts)
+    columns = [values] if len(names) == 1 else [list(column) for column in zip(*values)]
+    b64 = bool(values) and isinstance(values[0], bytes)  # encoded images travel as base64
+    if b64:
+        columns = [[base64.b64encode(v).decode() for v in column] for column in columns]
     with tempfile.TemporaryDirectory() as scratch:
-        texts_file = os.path.join(scratch, "texts.json")
+        request_file = os.path.join(scratch, "request.json")
         out_file = os.path.join(scratch, "outputs.npy")
-        values = list(texts)
-        # bytes (encoded images) travel as base64
-        with open(texts_file, "w", encoding="utf-8") as f:
-            json.dump({"b64": [base64.b64encode(v).decode() for v in values]}
-                      if values and isinstance(values[0], bytes) else {"texts": values}, f)
+        with open(request_file, "w", encoding="utf-8") as f:
+            json.dump({"names": names, "columns": columns, "b64": b64}, f)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-        command = [sys.executable, "-c", _FRESH_PROCESS, path, texts_file, out_file, input_name,
-                   output_key]
+        command = [sys.executable, "-c", _FRESH_PROCESS, path, request_file, out_file, output_key]
         result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise RuntimeError(f"the export at {path} failed in a fresh process:\n"
@@ -200,8 +214,9 @@ def serve_in_fresh_process(path: str, texts: Sequence[str | bytes], input_name: 
         return np.load(out_file)
 
 
-def check_export(path: str, texts: Sequence[str | bytes], expected: np.ndarray,
-                 input_name: str = "text", output_key: str = "probabilities") -> float:
+def check_export(path: str, texts: Sequence, expected: np.ndarray,
+                 input_name: str | Sequence[str] = "text",
+                 output_key: str = "probabilities") -> float:
     """Prints and returns the max abs difference between ``expected`` (in-memory outputs on
     ``texts``) and the export at ``path`` served in a fresh process."""
     served = serve_in_fresh_process(path, texts, input_name, output_key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 
@@ -37,3 +38,23 @@ def masked_mean(sequence: keras.KerasTensor, mask: keras.KerasTensor) -> keras.K
     return keras.layers.GlobalAveragePooling1D(name="mean_pooling")(
         sequence, mask=keras.ops.cast(mask, "bool")
     )
+
+
+def pair_features(u: Any, v: Any) -> Any:
+    """``[u, v, |u - v|, u * v]`` of two ``[batch, dim]`` embeddings → ``[batch, 4 * dim]``: how
+    Sentence-BERT (Reimers & Gurevych 2019) classifies a pair of sentence embeddings. Works on
+    Keras tensors (in a functional model) and on arrays alike.
+
+    Example:
+        >>> pair_features(keras.ops.ones((2, 3)), keras.ops.zeros((2, 3))).shape
+        (2, 12)
+    """
+    return keras.ops.concatenate([u, v, keras.ops.abs(u - v), u * v], axis=-1)
+
+
+def sentence_features(embeddings: Any) -> Any:
+    """What a sentence classifier's head takes, from cached embeddings: ``[N, dim]`` as they are,
+    ``[N, 2, dim]`` (pairs, ``load_embeddings``) as their ``pair_features``."""
+    if len(embeddings.shape) == 3:
+        return pair_features(embeddings[:, 0], embeddings[:, 1])
+    return embeddings

@@ -42,13 +42,15 @@ def build_bert_classifier(encoder_layer: keras.layers.Layer, num_classes: int,
     return keras.Model(inputs, logits, name="bert_classifier")
 
 
-def build_sentence_classifier(encoder_layer: keras.layers.Layer, head: keras.layers.Layer
-                              ) -> keras.Model:
-    """A text classifier on raw strings: ``[batch]`` strings → logits, from a sentence encoder.
+def build_sentence_classifier(encoder_layer: keras.layers.Layer, head: keras.layers.Layer,
+                              pairs: bool = False) -> keras.Model:
+    """A text classifier on raw strings: ``[batch]`` strings → logits, from a sentence encoder;
+    with ``pairs``, inputs ``{"text_a", "text_b"}`` → the head on ``heads.pair_features(u, v)``
+    of their embeddings (Sentence-BERT's ``(u, v, |u-v|, u*v)``).
 
-    ``head`` maps ``[batch, dim]`` embeddings to logits (``heads.build_classification_head``).
-    With a frozen encoder the head can be trained alone on cached embeddings and the model
-    built from it afterwards: they share the head's weights.
+    ``head`` maps ``[batch, dim]`` embeddings (``[batch, 4 * dim]`` pair features) to logits
+    (``heads.build_classification_head``). With a frozen encoder the head can be trained alone on
+    cached embeddings and the model built from it afterwards: they share the head's weights.
 
     Example:
         >>> encoder = load_sentence_encoder("minilm_l6_sentence")  # doctest: +SKIP
@@ -57,6 +59,12 @@ def build_sentence_classifier(encoder_layer: keras.layers.Layer, head: keras.lay
         >>> model(tf.constant(["a news article"])).shape  # doctest: +SKIP
         (1, 5)
     """
+    if pairs:
+        texts = {name: keras.Input((), dtype="string", name=name)
+                 for name in ("text_a", "text_b")}
+        features = heads.pair_features(encoder_layer(texts["text_a"]),
+                                       encoder_layer(texts["text_b"]))
+        return keras.Model(texts, head(features), name="sentence_pair_classifier")
     texts = keras.Input((), dtype="string", name="text")
     return keras.Model(texts, head(encoder_layer(texts)), name="sentence_classifier")
 

@@ -1,14 +1,17 @@
-"""Try an exported classifier on a few inputs, with nothing but the export.
+"""Try an exported model on a few inputs, with nothing but the export.
 
     python -m tfpretrain.predict --model runs/bert_text_classifier/export "Shares fell 5%." "A late goal"
     python -m tfpretrain.predict --model runs/bert_text_classifier/export --file texts.txt --json
+    python -m tfpretrain.predict --model runs/mrpc/export "The cat sat." "A cat was sitting."
     python -m tfpretrain.predict --model runs/resnet_image_classifier/export digit.png photo.jpg
 
-Prints the label and its probability per input as a table (or JSON lines with every class's
-probability), calling the export's ``serving_default`` in batches. Text exports take strings;
-image exports (input ``image_bytes``) take image files, sent as their encoded bytes. Needs only
-``tensorflow`` and ``tensorflow_text``: a teammate can run it without the training data or this
-project's code paths.
+Prints one row per input as a table (or JSON lines): the label and its probability (with
+every class's probability in JSON) for a classifier, the score for regression, the labels
+above the export's threshold for multi-label. Text exports take strings; an export of sentence
+pairs takes its inputs two at a time (arguments in order, or a --file line with the two texts
+separated by a tab); image exports (input ``image_bytes``) take image files, sent as their
+encoded bytes. Needs only ``tensorflow`` and ``tensorflow_text``: a teammate can run it without
+the training data or this project's code paths.
 """  # noqa: E501  (the usage lines above are printed by --help as they are)
 
 from __future__ import annotations
@@ -31,52 +34,95 @@ def _load(path):
     serve = tf.saved_model.load(path).signatures.get("serving_default")
     if serve is None:
         raise ValueError(f"--model {path}: the SavedModel has no serving_default signature")
-    inputs = serve.structured_input_signature[1]
+    inputs = sorted(serve.structured_input_signature[1])  # text, or text_a and text_b
     outputs = set(serve.structured_outputs)
-    if len(inputs) != 1 or not {"probabilities", "label"} <= outputs:
-        raise ValueError(f"--model {path}: serving_default takes {sorted(inputs)} and returns "
-                         f"{sorted(outputs)}; expected one input and 'probabilities', 'label'")
+    if len(inputs) > 2 or not ({"probabilities", "label"} <= outputs or "score" in outputs
+                               or {"probabilities", "labels"} <= outputs):
+        raise ValueError(f"--model {path}: serving_default takes {inputs} and returns "
+                         f"{sorted(outputs)}; expected one or two inputs and 'probabilities' "
+                         "with 'label' or 'labels', or 'score'")
     labels_file = os.path.join(path, "assets", "labels.txt")
     names = None
     if os.path.exists(labels_file):
         with open(labels_file, encoding="utf-8") as f:
             names = f.read().split("\n")[:-1]
-    return serve, next(iter(inputs)), names
+    return serve, inputs, names
 
 
-def predict(path: str, texts: Sequence[str],
-            batch_size: int = 64) -> list[tuple[str, str, float, dict[str, float]]]:
-    """[(input, label, probability, {label: probability})] for ``texts`` (strings, or image file
-    paths for an image export) with the export at ``path``.
+def _rows(inputs, out, names):
+    """One dict per input of the outputs ``out`` of a batch."""
+    rows = []
+    for i, value in enumerate(inputs):
+        row = {"input": value}
+        if "score" in out:
+            row["score"] = float(out["score"][i])
+        if "probabilities" in out:
+            p = out["probabilities"][i]
+            row["probabilities"] = dict(zip(names or [str(k) for k in range(len(p))],
+                                            map(float, p)))
+        if "label" in out:
+            row["label"], row["probability"] = out["label"][i].decode(), float(p.max())
+        if "labels" in out:
+            row["labels"] = [v.decode() for v in out["labels"][i] if v]
+        rows.append(row)
+    return rows
+
+
+def predict(path: str, texts: Sequence, batch_size: int = 64) -> list[dict]:
+    """One dict per input of ``texts`` (strings; ``(text_a, text_b)`` pairs for an export of
+    pairs; image file paths for an image export) with the export at ``path``: ``input``, then
+    ``label``, ``probability`` and ``probabilities`` (classifier), ``score`` (regression) or
+    ``labels`` and ``probabilities`` (multi-label).
 
     Example:
         >>> predict("runs/bert_text_classifier/export", ["Shares fell 5%."])  # doctest: +SKIP
-        [('Shares fell 5%.', 'business', 0.98, {...})]
-        >>> predict("runs/resnet_image_classifier/export", ["seven.png"])  # doctest: +SKIP
-        [('seven.png', '7', 0.99, {...})]
+        [{'input': 'Shares fell 5%.', 'label': 'business', 'probability': 0.98, ...}]
+        >>> predict("runs/stsb/export", [("A man plays.", "A man is playing.")])  # doctest: +SKIP
+        [{'input': ('A man plays.', 'A man is playing.'), 'score': 4.6}]
     """
+    return _predict(_load(path), texts, batch_size)
+
+
+def _predict(loaded, texts, batch_size):
     import tensorflow as tf
 
-    serve, input_name, names = _load(path)
-    if input_name.endswith("_bytes"):  # an image export: the inputs are image files
+    serve, input_names, names = loaded
+    images = input_names[0].endswith("_bytes")
+    if images:  # an image export: the inputs are image files
         missing = [(i, t) for i, t in enumerate(texts, 1) if not os.path.isfile(t)]
         if missing:
             index, name = missing[0]
             raise FileNotFoundError(f"this export takes image files; input {index} is not a "
                                     f"file: {name or '(a blank line)'}")
+    pairs = len(input_names) == 2
+    if any(isinstance(t, tuple) != pairs for t in texts):
+        raise ValueError(f"this export takes {'pairs of texts' if pairs else 'single inputs'} "
+                         f"({', '.join(input_names)})")
     rows = []
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
-        if input_name.endswith("_bytes"):
-            batch_values = [pathlib.Path(t).read_bytes() for t in batch]
+        if images:
+            columns = [[pathlib.Path(t).read_bytes() for t in batch]]
         else:
-            batch_values = batch
-        out = serve(**{input_name: tf.constant(batch_values, tf.string)})
-        probabilities = out["probabilities"].numpy()
-        for text, label, p in zip(batch, out["label"].numpy(), probabilities):
-            classes = names or [str(i) for i in range(len(p))]
-            rows.append((text, label.decode(), float(p.max()), dict(zip(classes, map(float, p)))))
+            columns = [list(c) for c in zip(*batch)] if pairs else [batch]
+        out = serve(**{name: tf.constant(column, tf.string)
+                       for name, column in zip(input_names, columns)})
+        rows += _rows(batch, {k: v.numpy() for k, v in out.items()}, names)
     return rows
+
+
+def _pair_up(texts, from_file):
+    """Inputs of an export of pairs: arguments two at a time, file lines split at a tab."""
+    if from_file:
+        split = [tuple(t.split("\t")) for t in texts]
+        bad = next((i for i, t in enumerate(split, 1) if len(t) != 2), None)
+        if bad:
+            raise ValueError(f"--file line {bad}: an export of pairs takes two texts per line, "
+                             "separated by a tab")
+        return split
+    if len(texts) % 2:
+        raise ValueError(f"an export of pairs takes its inputs two at a time; got {len(texts)}")
+    return list(zip(texts[::2], texts[1::2]))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,24 +144,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.file:
             # One output per line, blank lines too, so --json lines up with the file.
             with open(args.file, encoding="utf-8") as f:
-                texts += f.read().splitlines()
-        if not texts:
-            raise ValueError("nothing to classify: give texts or --file")
-        rows = predict(args.model, texts, args.batch_size)
+                lines = f.read().splitlines()
+        if not texts and not args.file:
+            raise ValueError("nothing to predict: give inputs or --file")
+        loaded = _load(args.model)
+        if len(loaded[1]) == 2:
+            texts = _pair_up(texts, False) + (_pair_up(lines, True) if args.file else [])
+        elif args.file:
+            texts += lines
+        rows = _predict(loaded, texts, args.batch_size)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.json:
-        for text, label, probability, classes in rows:
-            print(json.dumps({"input": text, "label": label, "probability": round(probability, 6),
-                              "probabilities": {k: round(v, 6) for k, v in classes.items()}},
-                             ensure_ascii=False))
+        for row in rows:
+            print(json.dumps({k: round(v, 6) if isinstance(v, float) else
+                              {c: round(p, 6) for c, p in v.items()} if isinstance(v, dict) else v
+                              for k, v in row.items()}, ensure_ascii=False))
         return 0
-    width = min(60, max(len(t) for t in texts))
-    print(f"{'input':<{width}}  {'label':<15} probability")
-    for text, label, probability, _ in rows:
-        shown = text if len(text) <= width else text[:width - 1] + "…"
-        print(f"{shown:<{width}}  {label:<15} {probability:.4f}")
+    shown = [" | ".join(r["input"]) if isinstance(r["input"], tuple) else r["input"] for r in rows]
+    width = min(60, max(len(t) for t in shown))
+    answer = "score" if "score" in rows[0] else "labels" if "labels" in rows[0] else "label"
+    print(f"{'input':<{width}}  {answer:<15}" + (" probability" if answer == "label" else ""))
+    for text, row in zip(shown, rows):
+        text = text if len(text) <= width else text[:width - 1] + "…"
+        value = {"score": lambda: f"{row.get('score', 0):.4f}",
+                 "labels": lambda: "|".join(row.get("labels", [])) or "-",
+                 "label": lambda: f"{row.get('label')!s:<15} {row.get('probability', 0):.4f}"}
+        print(f"{text:<{width}}  {value[answer]():<15}".rstrip())
     return 0
 
 

@@ -14,9 +14,9 @@ import json
 import os
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
+from tfpretrain import plots
 from tfpretrain.files import write_text
 
 
@@ -38,100 +38,6 @@ def read_scalars(logdir: str, tag: str) -> list[tuple[int, float]]:
         except tf.errors.DataLossError:  # a run killed mid-write leaves a truncated last record
             continue
     return sorted(values.items())
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display on a training machine
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_confusion_matrix(matrix: np.ndarray | list, label_names: list[str],
-                          path: str | os.PathLike, title: str = "Confusion matrix (test)") -> None:
-    """Counts with row-normalised shading (recall per true class), class names on both axes."""
-    plt = _pyplot()
-    matrix = np.asarray(matrix)
-    n = len(label_names)
-    size = max(4.0, 0.9 * n + 2.2)
-    figure, axes = plt.subplots(figsize=(size + 1.2, size))
-    share = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    image = axes.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
-    axes.set_xticks(range(n), labels=label_names, rotation=45 if n > 4 else 0,
-                    ha="right" if n > 4 else "center")
-    axes.set_yticks(range(n), labels=label_names)
-    axes.set_xlabel("predicted label")
-    axes.set_ylabel("true label")
-    axes.set_title(title)
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                axes.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                          color="white" if share[i, j] > 0.5 else "black",
-                          fontsize=10 if n <= 12 else 7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def plot_learning_curves(train_loss: list[tuple[int, float]], history: list[dict],
-                         path: str | os.PathLike, steps_per_epoch: int | None = None) -> None:
-    """Training loss per step (raw and smoothed) with validation loss, and validation accuracy."""
-    plt = _pyplot()
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    if train_loss:
-        steps, losses = map(np.asarray, zip(*train_loss))
-        left.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8,
-                  label="training loss (per step)")
-        window = max(1, len(losses) // 20)
-        if window > 1:
-            smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-            left.plot(steps[window - 1:], smooth, color="tab:blue",
-                      label=f"training loss ({window}-step mean)")
-    points = [r for r in history if "loss" in r]
-    if points:
-        left.plot([r["step"] for r in points], [r["loss"] for r in points], "o-",
-                  color="tab:orange", label="validation loss")
-    left.set_xlabel("training step")
-    left.set_ylabel("cross-entropy loss")
-    left.legend()
-    left.grid(alpha=0.3)
-    points = [r for r in history if "accuracy" in r]
-    if points:
-        right.plot([r["step"] for r in points], [100 * r["accuracy"] for r in points], "o-",
-                   color="tab:green", label="validation accuracy")
-        for record in points:
-            right.annotate(f"{100 * record['accuracy']:.2f}%",
-                           (record["step"], 100 * record["accuracy"]),
-                           textcoords="offset points", xytext=(0, 7), ha="center", fontsize=9)
-        right.legend(loc="lower right")
-    else:
-        right.text(0.5, 0.5, "no validation split", ha="center", va="center",
-                   transform=right.transAxes)
-    right.set_xlabel("training step")
-    right.set_ylabel("accuracy (%)")
-    right.grid(alpha=0.3)
-    if points:  # at least a 2-point window, so small differences are not drawn as cliffs
-        values = [100 * r["accuracy"] for r in points]
-        low, high = min(values), max(values)
-        pad = max(1.0, (high - low) * 0.3)
-        right.set_ylim(max(0.0, low - pad), min(100.0, high + pad) + 0.3 * pad)
-    right.set_xlim(left.get_xlim())  # the same step axis as the loss
-    pad_title = 6
-    if steps_per_epoch:
-        pad_title = 20  # above the epoch axis
-        for axes in (left, right):
-            top = axes.secondary_xaxis("top", functions=(lambda s: s / steps_per_epoch,
-                                                         lambda e: e * steps_per_epoch))
-            top.set_xlabel("epoch", fontsize=9, labelpad=2)
-    left.set_title("Loss", pad=pad_title)
-    right.set_title("Validation accuracy", pad=pad_title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
 
 
 def describe_signatures(export_dir: str) -> dict[str, tuple[dict[str, str], dict[str, str]]]:
@@ -183,6 +89,13 @@ def _percent(value):
     return "—" if value is None else f"{100 * value:.2f}%"
 
 
+def _value(metric, value):
+    """A metric for a table: correlations and errors as they are, the others as percentages."""
+    if value is None or metric not in plots.UNSCALED:
+        return _percent(value)
+    return f"{value:.4f}"
+
+
 def write_report(workdir: str, *, task: Any, title: str, recipe: str, config: dict, results: dict,
                  split_sizes: dict, encoder: dict, steps_per_epoch: int | None = None,
                  example_inputs: list = ()) -> str:
@@ -222,8 +135,9 @@ def write_report(workdir: str, *, task: Any, title: str, recipe: str, config: di
     if test:
         lines += task.report_lines(test, workdir)
     train_loss = read_scalars(os.path.join(workdir, "logs", "train"), "loss")
-    plot_learning_curves(train_loss, results.get("validation_history", []),
-                         os.path.join(workdir, "learning_curves.png"), steps_per_epoch)
+    plots.plot_learning_curves(train_loss, results.get("validation_history", []),
+                               os.path.join(workdir, "learning_curves.png"), steps_per_epoch,
+                               config.get("train", {}).get("best_metric") or task.best_metric)
     lines += ["### Learning curves", "", "![learning curves](learning_curves.png)", "",
               "TensorBoard: `tensorboard --logdir " + os.path.join(workdir, "logs") + "`", ""]
     export_dir = os.path.join(workdir, "export")
@@ -239,7 +153,7 @@ def write_report(workdir: str, *, task: Any, title: str, recipe: str, config: di
 
 
 def _results_lines(task, results, best, test):
-    rows = [(m, _percent(best.get(m)), _percent(test and test.get(m)))
+    rows = [(m, _value(m, best.get(m)), _value(m, test and test.get(m)))
             for m in task.headline_metrics]
     rows.append(("loss", f"{best['loss']:.4f}" if "loss" in best else "—",
                  f"{test['loss']:.4f}" if test else "—"))
@@ -261,10 +175,13 @@ def _export_section(export_dir, example_inputs, tflite, test):
              "<br>".join(f"`{k}`: {v}" for k, v in outputs.items()))
             for name, (inputs, outputs) in signatures.items()]
     lines += table(["signature", "inputs", "outputs"], rows) + [""]
-    body = json.dumps({"signature_name": "serving_default", "instances": list(example_inputs)[:2]},
+    names = list(signatures["serving_default"][0])
+    instances = [dict(zip(names, (t[:200] for t in e))) if isinstance(e, (tuple, list))
+                 else e[:200] if isinstance(e, str) else e for e in list(example_inputs)[:2]]
+    body = json.dumps({"signature_name": "serving_default", "instances": instances},
                       ensure_ascii=False, indent=1)
     write_text(os.path.join(os.path.dirname(export_dir), "request.json"), body + "\n")
-    text = "text" in signatures["serving_default"][0]
+    text = not any(name.endswith("_bytes") for name in names)
     lines += ["### Serve it with TF Serving (REST)", ""]
     if text:
         lines += [_text_ops_note(custom_ops(export_dir)), ""]
@@ -281,11 +198,12 @@ def _export_section(export_dir, example_inputs, tflite, test):
               "```", "",
               "Locally, without a server:", "", "```bash"]
     if text:
+        examples = ["a short news story about football", "a report on a football match"]
+        exprs = ";".join(f'{name}=["{example}"]' for name, example in zip(names, examples))
         lines += [f"python -m tfpretrain.saved_model_cli run --dir {export_dir} --tag_set serve "
-                  "--signature_def serving_default "
-                  "--input_exprs 'text=[\"a short news story about football\"]'",
+                  f"--signature_def serving_default --input_exprs '{exprs}'",
                   f"python -m tfpretrain.predict --model {export_dir} "
-                  "\"a short news story about football\""]
+                  + " ".join(f'"{e}"' for e in examples[:len(names)])]
     else:
         lines += [f"python -m tfpretrain.predict --model {export_dir} image1.png image2.jpg"]
     lines += ["```", ""]
@@ -319,8 +237,8 @@ def write_mlm_report(workdir: str, results: dict, *, title: str, encoder: str,
     start, end = results["heldout_start"], results["heldout_end"]
     base = results["most_frequent_token"]
     train_loss = read_scalars(os.path.join(workdir, "logs", "train"), "loss")
-    plot_learning_curves(train_loss, results["validation_history"],
-                         os.path.join(workdir, "learning_curves.png"), steps_per_epoch)
+    plots.plot_learning_curves(train_loss, results["validation_history"],
+                               os.path.join(workdir, "learning_curves.png"), steps_per_epoch)
     export = os.path.join(workdir, "export")
     lines = [f"# Masked-LM pretraining: {title}", "",
              f"Encoder: {encoder}; vocabulary {results['vocab_size']} tokens; windows "

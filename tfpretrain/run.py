@@ -110,7 +110,7 @@ class Export:
             serves in a fresh process (empty: no check) ...
         model_inputs: ... and ``f(check_inputs) -> model inputs``, so the check can compare with
             the in-memory model's outputs (``task.predict``).
-        input_name: the ``serving_default`` input the check feeds.
+        input_name: the ``serving_default`` input the check feeds (two names for pairs).
         model: the in-memory model the export serves, for the check (default: the model given to
             ``finish``; differs when the test split was scored on a head alone).
         describe: the summary's line for the export directory.
@@ -121,7 +121,7 @@ class Export:
     write: Callable[[str], object]
     check_inputs: list = dataclasses.field(default_factory=list)
     model_inputs: Callable[[list], object] | None = None
-    input_name: str = "text"
+    input_name: str | tuple[str, ...] = "text"
     model: keras.Model | None = None
     describe: str = "export/"
     after: Callable[[str, dict], dict] | None = None
@@ -148,6 +148,7 @@ class Run:
         self.steps_per_epoch: int | None = None
         self.split_sizes: dict[str, int] = {}
         self.budget: dict = {}  # what train.epochs=0 decided (budget.plan), for metrics.json
+        self.validation: tf.data.Dataset | None = None  # the last phase's, for task.calibrate
         self.artifacts = {"config": "config.json", "metrics": "metrics.json",
                           "timing": "timing.json", "checkpoints": "checkpoints/",
                           "tensorboard": "logs/"}
@@ -186,8 +187,11 @@ class Run:
         ``callbacks`` are Keras callbacks (see ``fit``).
         """
         config = train_config or self.cfg.train
+        if not config.best_metric and self.task is not None:
+            config = dataclasses.replace(config, best_metric=self.task.best_metric)
         if validation is not None:
             evaluate = self._task_evaluation(validation, config)
+            self.validation = validation
         self.steps_per_epoch = count_examples(batches(0, 0))
         examples = self.split_sizes.get("train",
                                         self.steps_per_epoch * config.global_batch_size)
@@ -281,8 +285,9 @@ class Run:
                test: tf.data.Dataset | None = None, results: dict | None = None,
                export: Export | None = None, report: dict | Callable | None = None
                ) -> dict | None:
-        """Test evaluation, ``timing.json``, export and its check, ``metrics.json``, ``report.md``
-        and the summary; returns what ``metrics.json`` holds (None on a non-chief worker, which
+        """Calibration on the validation split (``task.calibrate``: a multi-label threshold), test
+        evaluation, ``timing.json``, export and its check, ``metrics.json``, ``report.md`` and the
+        summary; returns what ``metrics.json`` holds (None on a non-chief worker, which
         writes nothing).
 
         ``results`` adds entries to ``metrics.json``. ``report`` is either the keyword arguments
@@ -301,6 +306,8 @@ class Run:
                    **(self.task.metadata() if self.task else {}), **(results or {})}
         write_json(os.path.join(self.workdir, "timing.json"),
                    {"train_seconds": round(state.seconds, 1)})
+        if self.task is not None and self.validation is not None:
+            results.update(self.task.calibrate(model, self.validation))
         if test is not None:
             results["test"] = self.evaluate(model, test)
         if export is not None and self.cfg.export.enabled:

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfpretrain.data.pipeline import pack_texts, text_batch
 from tfpretrain.encoders.bert import INPUT_NAMES
 from tfpretrain.files import atomic_directory
 
@@ -136,12 +137,24 @@ def export_tflite(model: keras.Model, directory: str, seq_length: int,
 
 
 def export_and_score(model: keras.Model, directory: str, encoder: Any,
-                     representative: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray],
-                     labels: np.ndarray, split: str) -> dict[str, dict[str, Any]]:
-    """``export_tflite`` for a BERT classifier (``encoder``: its ``load_bert_encoder`` result,
-    for the sequence length and ``vocab.txt``), then each model's accuracy on ``inputs`` /
-    ``labels`` of ``split`` through the TFLite interpreter; returns ``export_tflite``'s dict
-    with ``accuracy`` and ``split`` added."""
+                     datasets: Mapping[str, tf.data.Dataset], truncation: str = "head",
+                     calibration: int = 100, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """``export_tflite`` for a BERT classifier, then each model's accuracy through the TFLite
+    interpreter; returns ``export_tflite``'s dict with ``accuracy`` and ``split`` added.
+
+    ``encoder`` is the ``load_bert_encoder`` result (the preprocessor packs the texts; the
+    sequence length and ``vocab.txt``); ``datasets`` are the ``(text, label_id)`` splits:
+    ``calibration`` shuffled training examples calibrate int8, and the test split (else
+    validation) is scored."""
+    def packed(dataset):
+        texts, labels = zip(*dataset.as_numpy_iterator())
+        inputs = pack_texts(encoder.preprocessor, text_batch(list(texts)), encoder.seq_length,
+                            truncation)
+        return {k: v.numpy() for k, v in inputs.items()}, np.array(labels)
+
+    representative, _ = packed(datasets["train"].shuffle(100_000, seed=seed).take(calibration))
+    split = "test" if "test" in datasets else "validation"
+    inputs, labels = packed(datasets[split])
     vocab = getattr(encoder.preprocessor, "vocab_file", None)
     written = export_tflite(model, directory, encoder.seq_length, representative,
                             vocab.asset_path.numpy().decode() if vocab is not None else None)

@@ -133,6 +133,8 @@ class _Loop:
 
     def __init__(self, *, model, optimizer, strategy, config, workdir, outdir, evaluate, sign,
                  callbacks):
+        if not config.best_metric:  # '' = the task's own; callers without a task: accuracy
+            config = dataclasses.replace(config, best_metric="accuracy")
         self.model, self.optimizer, self.strategy, self.config = model, optimizer, strategy, config
         self.workdir, self.outdir, self.evaluate, self.sign = workdir, outdir, evaluate, sign
         with strategy.scope():

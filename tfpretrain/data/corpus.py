@@ -15,7 +15,7 @@ import os
 import tensorflow as tf
 
 from tfpretrain.config import SourceConfig, option
-from tfpretrain.data.text import INVALID_UTF8, _decode
+from tfpretrain.data.rows import INVALID_UTF8, decode
 from tfpretrain.data.tfds import DataError, load_tfds
 
 DOCUMENT_UNITS = ("file", "line")
@@ -62,7 +62,7 @@ def _documents_from_files(path, document, invalid_utf8):
     documents = []
     for name in _text_files(path):
         with open(name, "rb") as f:
-            text = _decode(f.read(), name, invalid_utf8)
+            text = decode(f.read(), name, invalid_utf8)
         if document == "line":
             documents += [line.strip() for line in text.splitlines()]
         else:

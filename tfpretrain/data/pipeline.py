@@ -40,23 +40,45 @@ def _check_truncation(truncation):
         raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
 
 
-def pack_texts(preprocessor: Any, texts: tf.Tensor, seq_length: int,
+def pack_texts(preprocessor: Any, texts: tf.Tensor | tuple, seq_length: int,
                truncation: str = "head") -> dict[str, tf.Tensor]:
-    """A batch of strings → padded BERT inputs, with a TF Hub-format preprocessor (graph or eager).
+    """A batch of strings, or a pair of batches ``(texts_a, texts_b)``, → padded BERT inputs,
+    with a TF Hub-format preprocessor (graph or eager).
 
     ``truncation`` says which tokens of a text longer than ``seq_length`` are kept: ``"head"``
-    (the first ones) or ``"head_tail"`` (a quarter from the start, the rest from the end).
+    (the first ones) or ``"head_tail"`` (a quarter from the start, the rest from the end). A pair
+    is packed as ``[CLS] a [SEP] b [SEP]`` (segment ids 0, then 1) and shares the budget round
+    robin, as TF Hub preprocessors do: the longer text gives up tokens from its end first.
     """
     _check_truncation(truncation)
+    if isinstance(texts, (tuple, list)):
+        segments = [preprocessor.tokenize(t) for t in texts]
+        return preprocessor.bert_pack_inputs(segments, seq_length=tf.constant(seq_length))
     tokens = preprocessor.tokenize(texts)
     if truncation == "head_tail":
         tokens = _keep_head_and_tail(tokens, seq_length - 2)
     return preprocessor.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length))
 
 
+def decode_texts(values: Iterable) -> list:
+    """Texts from a dataset of ``(text, label)`` as Python strings: ``bytes`` → ``str``, a pair
+    ``(bytes, bytes)`` → ``(str, str)``."""
+    return [tuple(v.decode() for v in value) if isinstance(value, tuple) else value.decode()
+            for value in values]
+
+
+def text_batch(texts: list) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
+    """A list of strings → a string tensor; a list of ``(text_a, text_b)`` pairs → a pair of
+    string tensors (what ``pack_texts`` takes)."""
+    if texts and isinstance(texts[0], tuple):
+        return tuple(tf.constant(list(column), tf.string) for column in zip(*texts))
+    return tf.constant(list(texts), tf.string)
+
+
 def tokenize_texts(dataset: tf.data.Dataset, preprocessor: Any, seq_length: int,
                    truncation: str = "head") -> tf.data.Dataset:
-    """(text, label) → ({input_word_ids, input_mask, input_type_ids}, label), unpadded.
+    """(text or (text_a, text_b), label) → ({input_word_ids, input_mask, input_type_ids},
+    label), unpadded (see ``pack_texts``).
 
     Uses the TF Hub-format preprocessor's ``tokenize`` and ``bert_pack_inputs`` in the graph, in
     batches of 256 for speed, then drops each example's padding so batches can be padded to

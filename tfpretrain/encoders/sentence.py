@@ -113,9 +113,10 @@ def load_sentence_encoder(handle: str = "minilm_l6_sentence", trainable: bool = 
 def _data_fingerprint(texts, labels):
     digest = hashlib.sha256()
     for text in texts:
-        digest.update(text)
-        digest.update(b"\0")
-    digest.update(np.asarray(labels, np.int64).tobytes())
+        for part in text if isinstance(text, tuple) else (text,):
+            digest.update(part)
+            digest.update(b"\0")
+    digest.update(labels.tobytes())
     return digest.hexdigest()[:16]
 
 
@@ -143,7 +144,8 @@ def embed_texts(encoder: LoadedSentenceEncoder, texts: Sequence[str | bytes],
 
 def load_embeddings(encoder: LoadedSentenceEncoder, dataset: tf.data.Dataset, cache_dir: str,
                     name: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, labels) of a ``(text, label)`` dataset, computed once and cached.
+    """(embeddings, labels) of a ``(text, label)`` dataset, computed once and cached: embeddings
+    ``[N, dim]``, or ``[N, 2, dim]`` for a dataset of ``((text_a, text_b), label)`` pairs.
 
     The cache file is keyed by the encoder's fingerprint and a hash of every text and label, so
     a changed encoder or changed data is computed again and an unchanged one is reused.
@@ -155,7 +157,9 @@ def load_embeddings(encoder: LoadedSentenceEncoder, dataset: tf.data.Dataset, ca
     for text, label in dataset.as_numpy_iterator():
         texts.append(text)
         labels.append(label)
-    labels = np.asarray(labels, np.int64)
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "i":  # class ids: int64, as cache keys have always hashed them
+        labels = labels.astype(np.int64)
     key = f"{encoder.fingerprint}-{_data_fingerprint(texts, labels)}"
     directory = os.path.join(cache_dir, key)
     file = os.path.join(directory, "embeddings.npy")
@@ -164,7 +168,12 @@ def load_embeddings(encoder: LoadedSentenceEncoder, dataset: tf.data.Dataset, ca
         print(f"  {name}: reusing cached embeddings {embeddings.shape} from {directory}",
               flush=True)
         return embeddings, labels
-    embeddings = embed_texts(encoder, texts, progress=f"embedding {name}")
+    if texts and isinstance(texts[0], tuple):  # pairs: each side embedded on its own
+        embeddings = np.stack([embed_texts(encoder, [t[i] for t in texts],
+                                           progress=f"embedding {name} (text {'ab'[i]})")
+                               for i in (0, 1)], axis=1)
+    else:
+        embeddings = embed_texts(encoder, texts, progress=f"embedding {name}")
     with atomic_directory(directory) as tmp:
         np.save(os.path.join(tmp, "embeddings.npy"), embeddings)
     print(f"  {name}: cached embeddings {embeddings.shape} in {directory}", flush=True)

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpretrain import evaluate, heads, report
+from tfpretrain import evaluate, heads, plots, report
 from tfpretrain.tasks import higher_is_better
 
 
@@ -59,6 +59,8 @@ def classification_metrics(labels: Iterable[int], predictions: Iterable[int],
             for i, name in enumerate(label_names)
         },
         "confusion_matrix": matrix.tolist(),
+        # Two classes: F1 of the second (the positive class of 0/1 labels), as GLUE reports it.
+        **({"f1": float(f1[1])} if classes == 2 else {}),
     }
 
 
@@ -96,6 +98,17 @@ def format_report(metrics: dict, label_names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def label_table(label_names: list[str], scratch: str) -> tf.lookup.StaticHashTable:
+    """A table from label id (int64) to name, read from ``labels.txt`` written to ``scratch``:
+    an export that tracks it carries the names as ``assets/labels.txt``."""
+    labels_file = os.path.join(scratch, "labels.txt")
+    with open(labels_file, "w", encoding="utf-8") as f:
+        f.write("\n".join(label_names) + "\n")
+    return tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
+        labels_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+        tf.string, tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+
+
 class SingleLabelClassification:
     """One label of ``label_names`` per example: logits ``[batch, C]``, softmax cross-entropy.
 
@@ -113,6 +126,9 @@ class SingleLabelClassification:
 
     def __init__(self, label_names: list[str]):
         self.label_names = list(label_names)
+        if len(self.label_names) == 2:  # binary: F1 of the positive (second) class too
+            self.metric_names = (*self.metric_names, "f1")
+            self.headline_metrics = ("accuracy", "f1", "macro_f1")
 
     @property
     def num_classes(self) -> int:
@@ -134,6 +150,10 @@ class SingleLabelClassification:
     def evaluate(self, model: keras.Model, batches: tf.data.Dataset) -> dict:
         return evaluate_classifier(model, batches, self.label_names)
 
+    def calibrate(self, model: keras.Model, batches: tf.data.Dataset) -> dict:
+        """Nothing to choose on the validation split after training (the argmax decides)."""
+        return {}
+
     def predict(self, model: keras.Model, inputs: Any) -> np.ndarray:
         """What ``serving_default`` returns as ``check_output``, computed in memory."""
         return tf.nn.softmax(tf.cast(model(inputs, training=False), tf.float32), axis=-1).numpy()
@@ -142,25 +162,22 @@ class SingleLabelClassification:
         return format_report(metrics, self.label_names)
 
     def summary_line(self, metrics: dict) -> str:
-        return (f"test accuracy   {metrics['accuracy']:.4f}   macro F1 {metrics['macro_f1']:.4f}"
-                f"   ({metrics['examples']} examples)")
+        binary = (f"   F1 ({self.label_names[1]!r}) {metrics['f1']:.4f}" if "f1" in metrics
+                  else "")
+        return (f"test accuracy   {metrics['accuracy']:.4f}{binary}   macro F1 "
+                f"{metrics['macro_f1']:.4f}   ({metrics['examples']} examples)")
 
     def metadata(self) -> dict:
         """What ``metrics.json`` records about the task."""
-        return {"label_names": self.label_names}
+        return {"task": self.name, "label_names": self.label_names}
 
     def describe_labels(self) -> str:
         return f"Labels ({len(self.label_names)}): {', '.join(self.label_names)}."
 
     def serving(self, scratch: str) -> tuple[Callable[[tf.Tensor], dict], list]:
         """``(logits -> {probabilities, label_id, label}, resources to track)``; the label names
-        travel as ``assets/labels.txt`` (written to ``scratch`` first)."""
-        labels_file = os.path.join(scratch, "labels.txt")
-        with open(labels_file, "w", encoding="utf-8") as f:
-            f.write("\n".join(self.label_names) + "\n")
-        names = tf.lookup.StaticHashTable(tf.lookup.TextFileInitializer(
-            labels_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+        travel as ``assets/labels.txt`` (``label_table``)."""
+        names = label_table(self.label_names, scratch)
 
         def outputs(logits):
             probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
@@ -176,7 +193,7 @@ class SingleLabelClassification:
         lines += report.table(["class", "precision", "recall", "F1", "support"],
                               [(n, f"{s['precision']:.4f}", f"{s['recall']:.4f}", f"{s['f1']:.4f}",
                                 s["support"]) for n, s in test["per_class"].items()]) + [""]
-        report.plot_confusion_matrix(test["confusion_matrix"], self.label_names,
+        plots.plot_confusion_matrix(test["confusion_matrix"], self.label_names,
                                      os.path.join(workdir, "confusion_matrix.png"))
         return lines + ["### Confusion matrix (test)", "",
                         "![confusion matrix](confusion_matrix.png)", ""]

@@ -155,7 +155,8 @@ def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_cs
 
 @pytest.mark.parametrize("case", ["not_saved_model", "vocab_mismatch", "too_long",
                                   "bad_utf8_error", "label_out_of_range", "single_class",
-                                  "unwritable_workdir", "bad_choice"])
+                                  "unwritable_workdir", "bad_choice", "score_not_a_number",
+                                  "third_text_column", "unknown_label_in_a_set"])
 def test_bad_input_matrix(toy_bert, toy_csv, tmp_path, case):
     extra, message = [], ""
     if case == "not_saved_model":
@@ -185,6 +186,17 @@ def test_bad_input_matrix(toy_bert, toy_csv, tmp_path, case):
         extra, message = [f"--workdir={tmp_path / 'a_file' / 'run'}"], "cannot write to workdir"
     elif case == "bad_choice":
         extra, message = ["--model.truncation=middle"], "truncation must be one of"
+    elif case == "score_not_a_number":  # regression
+        train = write_csv(tmp_path / "s.csv", [("good film", "4.5"), ("bad plot", "high")] * 3)
+        extra, message = ([f"--data.train_file={train}", "--model.task=regression"],
+                          "s.csv, row 3: label 'high' is not a number")
+    elif case == "third_text_column":  # pairs take two
+        extra, message = ["--data.text_key=text,text,text"], "names 3 text columns"
+    elif case == "unknown_label_in_a_set":  # multi-label
+        train = write_csv(tmp_path / "m.csv", [("good film", "a|b"), ("bad plot", "b")] * 3)
+        test = write_csv(tmp_path / "mt.csv", [("good film", "a|c")])
+        extra, message = ([f"--data.train_file={train}", f"--data.test_file={test}"],
+                          "mt.csv, row 2: label 'c' is not one of the training labels")
     started = time.time()
     result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run", *extra), timeout=120)
     assert time.time() - started < 30

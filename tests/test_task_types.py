@@ -236,35 +236,18 @@ def test_kill_9_mid_training_of_a_pair_task_then_rerun_resumes(toy_bert, pair_fi
             == (tmp_path / "fresh" / "metrics.json").read_text())
 
 
-def test_a_bad_score_in_the_recipe_is_one_line(toy_bert, pair_files, tmp_path):
-    bad = write_csv(tmp_path / "bad.tsv", [("a", "b", "1", "1.5"), ("c", "d", "0", "n/a")],
-                    header=("sentence1", "sentence2", "label", "score"), delimiter="\t")
-    result = run_python(_args(tmp_path / "run", toy_bert, {**pair_files, "test": bad},
-                              "--data.text_key=sentence1,sentence2", "--data.label_key=score"),
-                        timeout=120)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
-    assert "bad.tsv, row 3: label 'n/a' is not a number" in lines[0]
-    assert not (tmp_path / "run" / "metrics.json").exists()
-
-
-def test_sentence_recipe_on_pairs_baseline_head_and_fine_tuning(toy_use, pair_files, tmp_path):
-    """Frozen: the head on (u, v, |u-v|, u*v) of cached embeddings, with the cosine baseline;
-    then end to end on strings; both exports take text_a and text_b."""
-    args = ["-m", "recipes.use_text_classifier", f"--model.encoder={toy_use['from_bert']}",
-            f"--data.train_file={pair_files['train']}",
-            f"--data.validation_file={pair_files['validation']}",
-            f"--data.test_file={pair_files['test']}", "--data.text_key=sentence1,sentence2",
-            "--data.label_key=score", "--train.global_batch_size=8", "--train.head_epochs=5"]
-    frozen = run_python([*args, f"--workdir={tmp_path / 'frozen'}"])
-    assert frozen.returncode == 0, frozen.stderr[-3000:]
-    assert "zero-training baseline, the cosine of the two embeddings: test Spearman" in frozen.stdout
-    metrics = json.loads((tmp_path / "frozen" / "metrics.json").read_text())
-    assert metrics["task"] == "regression" and "spearman" in metrics["cosine_baseline"]
-    assert _export_check(frozen.stdout) <= 1e-5
-    tuned = run_python([*args, f"--workdir={tmp_path / 'tuned'}", "--model.trainable=true",
-                        "--train.epochs=1"])
-    assert tuned.returncode == 0, tuned.stderr[-3000:]
-    assert "training the model end to end" in tuned.stdout and _export_check(tuned.stdout) <= 1e-5
-    served = tf.saved_model.load(str(tmp_path / "tuned" / "export")).signatures["serving_default"]
-    assert sorted(served.structured_input_signature[1]) == ["text_a", "text_b"]
+@pytest.mark.network  # downloads the datasets from the TFDS hosts
+@pytest.mark.parametrize("name, splits, task, pairs", [
+    ("glue/mrpc", {}, "classification", ("sentence1", "sentence2")),
+    ("glue/stsb", {}, "regression", ("sentence1", "sentence2")),
+    ("glue/qqp", {}, "classification", ("question1", "question2")),
+    ("glue/mnli", {"validation_split": "validation_matched",
+                   "test_split": "validation_mismatched"}, "classification",
+     ("premise", "hypothesis")),
+])
+def test_glue_pair_datasets_load_and_unlabelled_test_splits_are_never_scored(name, splits, task,
+                                                                             pairs):
+    data = load_text_data(TextDataConfig(name=name, train_split="train[:200]", **splits))
+    assert (data.task, data.text_keys) == (task, pairs)
+    # glue/*'s own test splits are unlabelled (-1): left out; MNLI's mismatched split is labelled.
+    assert ("test" in data.datasets) == (name == "glue/mnli")

@@ -7,7 +7,7 @@ from tfpretrain.config import TrainConfig
 from tfpretrain.distribute import build_strategy, per_replica_batch_size
 from tfpretrain.encoders.bert import load_bert_encoder
 from tfpretrain.models import build_bert_classifier
-from tfpretrain.optimizers import WarmupLinearDecay, build_optimizer
+from tfpretrain.optimizers import WarmupLinearDecay, build_optimizer, peak_learning_rate
 from tfpretrain.train import fit
 
 
@@ -239,3 +239,15 @@ def test_layer_decay_scales_each_layers_learning_rate():
     # Adam's first step moves each weight by its learning rate: 0.1 x 0.5 ** (layers above).
     np.testing.assert_allclose([-v.numpy()[0] for v in variables], [0.0125, 0.025, 0.05, 0.1],
                                rtol=1e-4)
+
+
+@pytest.mark.parametrize("scaling, batch, peak", [("none", 128, 1e-4), ("sqrt", 128, 2e-4),
+                                                  ("sqrt", 8, 5e-5), ("linear", 64, 2e-4),
+                                                  ("sqrt", 32, 1e-4)])
+def test_the_peak_learning_rate_follows_the_batch_as_lr_scaling_says(scaling, batch, peak):
+    config = TrainConfig(learning_rate=1e-4, global_batch_size=batch, lr_scaling=scaling)
+    assert peak_learning_rate(config)[0] == pytest.approx(peak)
+    assert bool(peak_learning_rate(config)[1]) == (peak != 1e-4)  # said only when it changed
+    optimizer = build_optimizer(config, total_steps=100)
+    optimizer.iterations.assign(10)  # the end of warm-up: the peak
+    assert float(optimizer.learning_rate) == pytest.approx(peak)

@@ -52,7 +52,11 @@ class TrainConfig:
     epochs: int = option("passes over the training split (0 = auto: from the number of "
                          "examples and classes, said at start-up; see tfpretrain/budget.py)", 0)
     global_batch_size: int = option("examples per step, summed over replicas", 32)
-    learning_rate: float = option("peak AdamW learning rate", 1e-4)
+    learning_rate: float = option("peak AdamW learning rate (at global batch 32 when lr_scaling "
+                                  "is on)", 1e-4)
+    lr_scaling: str = option("how the peak rate follows global_batch_size: 'none', 'sqrt' "
+                             "(x sqrt(batch / 32), Adam's rule) or 'linear' (x batch / 32)",
+                             "none", ("none", "sqrt", "linear"))
     weight_decay: float = option("AdamW decoupled weight decay (not on biases/LayerNorm)", 0.01)
     warmup_fraction: float = option("fraction of steps with linear warm-up", 0.1)
     clip_norm: float = option("global gradient-norm clipping (0 = off)", 1.0)

@@ -123,15 +123,39 @@ def _handle(variable):
     return (variable.value if isinstance(variable, keras.Variable) else variable).handle
 
 
+REFERENCE_BATCH = 32  # the global batch a learning rate is given for when train.lr_scaling is on
+
+
+def peak_learning_rate(config: TrainConfig) -> tuple[float, str]:
+    """The peak learning rate after ``config.lr_scaling`` and how it was reached (empty when
+    unscaled): ``sqrt`` multiplies by sqrt(batch / 32), the rule for Adam (Malladi et al. 2022,
+    "On the SDEs and Scaling Rules for Adaptive Gradient Algorithms"); ``linear`` by batch / 32
+    (Goyal et al. 2017, for SGD).
+
+    Example:
+        >>> peak_learning_rate(TrainConfig(global_batch_size=128, lr_scaling="sqrt"))
+        (0.0002, 'learning rate 0.0001 x sqrt(128 / 32) = 0.0002 (train.lr_scaling=sqrt)')
+    """
+    ratio = config.global_batch_size / REFERENCE_BATCH
+    factor = {"none": 1.0, "sqrt": ratio ** 0.5, "linear": ratio}[config.lr_scaling]
+    if factor == 1.0:
+        return config.learning_rate, ""
+    rate = config.learning_rate * factor
+    rule = (f"sqrt({config.global_batch_size} / {REFERENCE_BATCH})" if config.lr_scaling == "sqrt"
+            else f"{config.global_batch_size} / {REFERENCE_BATCH}")
+    return rate, (f"learning rate {config.learning_rate:g} x {rule} = {rate:.3g} "
+                  f"(train.lr_scaling={config.lr_scaling})")
+
+
 def build_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    """AdamW (fused, see ``FusedAdamW``) with linear warm-up and decay; no weight decay on biases
-    and LayerNorm.
+    """AdamW (fused, see ``FusedAdamW``) with linear warm-up and decay to the peak rate
+    ``peak_learning_rate(config)``; no weight decay on biases and LayerNorm.
 
     Example:
         >>> optimizer = build_optimizer(TrainConfig(), total_steps=1000)  # doctest: +SKIP
     """
     schedule = WarmupLinearDecay(
-        config.learning_rate, total_steps, int(config.warmup_fraction * total_steps)
+        peak_learning_rate(config)[0], total_steps, int(config.warmup_fraction * total_steps)
     )
     optimizer = FusedAdamW(learning_rate=schedule, weight_decay=config.weight_decay,
                            average_decay=config.average_decay, layer_decay=config.layer_decay)

@@ -47,7 +47,7 @@ from tfpretrain.distribute import (
 from tfpretrain.export import check_export
 from tfpretrain.files import write_json
 from tfpretrain.hub import unseeded_random_ops
-from tfpretrain.optimizers import build_optimizer
+from tfpretrain.optimizers import build_optimizer, peak_learning_rate
 from tfpretrain.tasks import higher_is_better
 from tfpretrain.train import TrainState, fit
 
@@ -208,6 +208,9 @@ class Run:
               f"{config.global_batch_size} | steps/epoch {self.steps_per_epoch} | total steps "
               f"{total} | trainable parameters {trainable:,}"
               + (f" | {details}" if details else ""), flush=True)
+        scaled = peak_learning_rate(config)[1]
+        if scaled:
+            print(scaled, flush=True)
         if budget_line:
             print(budget_line, flush=True)
             self.budget = {"epochs": config.epochs, "eval_every": config.eval_every,

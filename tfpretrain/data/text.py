@@ -41,8 +41,9 @@ class TextDataConfig(DatasetConfig):
     test_file: str = option("local test file (default: none)", "")
     format: str = option("file format: 'auto' (from the extension), 'csv', 'tsv', 'jsonl' or "
                          "'conll'", "auto", ("auto", "csv", "tsv", "jsonl", "conll"))
-    text_key: str = option("text feature/column ('' = guess: text, sentence, description, ...); "
-                           "two names for sentence pairs (sentence1,sentence2)", "")
+    text_key: str = option("text feature/column ('' = guess: GLUE's pairs sentence1,sentence2 / "
+                           "question1,question2 / premise,hypothesis / question,sentence, else "
+                           "text, sentence, description, ...); two names for a pair", "")
     label_key: str = option("label feature/column", "label")
     invalid_utf8: str = option("invalid UTF-8 in local files: 'replace' (with U+FFFD, counted in "
                                "the log) or 'error'", "replace", INVALID_UTF8)
@@ -72,15 +73,21 @@ class TextData:
 
 
 _TEXT_KEYS = ("text", "sentence", "description", "content", "document", "review")
+# Pairs as GLUE names them (MRPC, STS-B, RTE; QQP; MNLI; QNLI).
+_PAIR_KEYS = (("sentence1", "sentence2"), ("question1", "question2"), ("premise", "hypothesis"),
+              ("question", "sentence"))
 
 
 def _text_keys(keys, text_key, where):
     if not text_key:
+        for pair in _PAIR_KEYS:
+            if set(pair) <= set(keys):
+                return pair
         for key in _TEXT_KEYS:
             if key in keys:
                 return (key,)
         raise DataError(f"{where}: cannot tell which column holds the text; set data.text_key to "
-                        f"one of {sorted(keys)}")
+                        f"one of {sorted(keys)} (or two, comma-separated, for pairs)")
     wanted = tuple(k.strip() for k in text_key.split(","))
     if len(wanted) > 2:
         raise DataError(f"data.text_key={text_key!r} names {len(wanted)} text columns; a recipe "

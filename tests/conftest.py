@@ -58,6 +58,29 @@ def toy_csv(tmp_path):
     }
 
 
+POSITIVE = [t for t, label in TOY_ROWS if label == "pos"]
+NEGATIVE = [t for t, label in TOY_ROWS if label == "neg"]
+
+
+def _pairs(n):
+    """Pairs whose label is the sentiment of the second text, and a score: 2.5 per positive."""
+    texts = POSITIVE + NEGATIVE
+    rows = []
+    for i in range(n):
+        a, b = texts[i % 6], texts[(i * 5 + 1) % 6]
+        rows.append((a, b, int(b in POSITIVE), f"{2.5 * ((a in POSITIVE) + (b in POSITIVE)):.3f}"))
+    return rows
+
+
+@pytest.fixture
+def pair_files(tmp_path):
+    """Train/validation/test TSV files of toy sentence pairs: columns sentence1, sentence2,
+    label (the sentiment of sentence2) and score (2.5 per positive sentence)."""
+    header = ("sentence1", "sentence2", "label", "score")
+    return {split: write_csv(tmp_path / f"{split}.tsv", _pairs(n), header=header, delimiter="\t")
+            for split, n in (("train", 48), ("validation", 12), ("test", 12))}
+
+
 def run_python(args, env=None, timeout=600):
     """Runs ``python args...`` from the project root; returns the CompletedProcess."""
     full_env = dict(os.environ, **(env or {}))

@@ -96,13 +96,17 @@ def _digest(log):
 
 
 @pytest.mark.slow  # two recipe runs, one on 2 logical CPUs
-def test_mirrored_on_two_cpus_matches_one_device(toy_bert_no_dropout, toy_csv, tmp_path):
+@pytest.mark.parametrize("task", ["single_label", "pair_regression"])
+def test_mirrored_on_two_cpus_matches_one_device(toy_bert_no_dropout, toy_csv, pair_files,
+                                                 tmp_path, task):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
-    result = run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, one,
+    files, extra = ((toy_csv, []) if task == "single_label" else
+                    (pair_files, ["--data.text_key=sentence1,sentence2", "--data.label_key=score"]))
+    result = run_python(_recipe(_args(toy_bert_no_dropout, files, one, *extra,
                                       "--runtime.strategy=one_device")))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 1 |" in result.stdout
-    result = run_python(["-c", RECIPE_ON_TWO_CPUS, *_args(toy_bert_no_dropout, toy_csv, two,
+    result = run_python(["-c", RECIPE_ON_TWO_CPUS, *_args(toy_bert_no_dropout, files, two, *extra,
                                                           "--runtime.strategy=mirrored")])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "replicas 2 |" in result.stdout

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import ROOT, TOY_ROWS, run_python, write_csv
+from tests.conftest import NEGATIVE, POSITIVE, ROOT, run_python, write_csv
 from tfpretrain.data.conll import entity_types, read_conll
 from tfpretrain.data.pipeline import pack_texts
 from tfpretrain.data.text import TextDataConfig, infer_task, load_text_data
@@ -21,27 +21,8 @@ from tfpretrain.tasks import make_task
 from tfpretrain.tasks.multilabel import multilabel_metrics
 from tfpretrain.tasks.regression import regression_metrics
 
-POSITIVE = [t for t, label in TOY_ROWS if label == "pos"]
-NEGATIVE = [t for t, label in TOY_ROWS if label == "neg"]
 CONLL = ("EU NNP B-ORG\nrejects VBZ O\nGerman JJ B-MISC\n\nPeter NNP B-PER\nBlackburn NNP I-PER\n"
          "\nthe DT O\nfilm NN O\n\nParis NNP B-LOC\nand CC O\nPeter NNP B-PER\n")
-
-
-def _pairs(n):
-    """Pairs whose label is the sentiment of the second text, and a score: 2.5 per positive."""
-    texts = POSITIVE + NEGATIVE
-    rows = []
-    for i in range(n):
-        a, b = texts[i % 6], texts[(i * 5 + 1) % 6]
-        rows.append((a, b, int(b in POSITIVE), f"{2.5 * ((a in POSITIVE) + (b in POSITIVE)):.3f}"))
-    return rows
-
-
-@pytest.fixture
-def pair_files(tmp_path):
-    header = ("sentence1", "sentence2", "label", "score")
-    return {split: write_csv(tmp_path / f"{split}.tsv", _pairs(n), header=header, delimiter="\t")
-            for split, n in (("train", 48), ("validation", 12), ("test", 12))}
 
 
 @pytest.fixture

@@ -2,12 +2,10 @@
 evaluate, when to stop.
 
 Small data and many classes need many passes; a large set needs few. The rule: train for at least
-``MIN_EPOCHS`` epochs, at least ``STEPS_PER_CLASS`` optimizer steps per class and, for text, at
-least ``MIN_TOKENS`` tokens (so short texts and small sets, sentence pairs among them, get more
-passes at a cost in time near that of longer texts), but show the model no more than
-``MAX_EXAMPLES_SEEN`` examples (then at least one epoch) and no more than ``MAX_EPOCHS`` epochs.
-Evaluation runs about ``EVALS_PER_EPOCH`` times per epoch (never closer than ``MIN_EVAL_GAP``
-steps, at least once per epoch); early stopping (``train.early_stopping_patience``,
+``MIN_EPOCHS`` epochs and at least ``STEPS_PER_CLASS`` optimizer steps per class, but show the model
+no more than ``MAX_EXAMPLES_SEEN`` examples (then at least one epoch) and no more than
+``MAX_EPOCHS`` epochs. Evaluation runs about ``EVALS_PER_EPOCH`` times per epoch (never closer than
+``MIN_EVAL_GAP`` steps, at least once per epoch); early stopping (``train.early_stopping_patience``,
 ``AUTO_PATIENCE`` evaluations) ends a run whose validation metric stopped improving, and the best
 checkpoint is the one kept.
 The constants were chosen by measurement (docs/budget.md). Explicit flags win: ``--train.epochs``,
@@ -24,31 +22,25 @@ from tfpretrain.config import TrainConfig
 MIN_EPOCHS = 2
 MAX_EPOCHS = 20
 STEPS_PER_CLASS = 20
-MIN_TOKENS = 750_000  # text: short texts and small sets get more passes
 MAX_EXAMPLES_SEEN = 200_000
 EVALS_PER_EPOCH = 4
 MIN_EVAL_GAP = 100
 AUTO_PATIENCE = 3
 
 
-def auto_epochs(examples: int, classes: int, steps_per_epoch: int, tokens: int = 0
-                ) -> tuple[int, str]:
-    """The number of epochs for ``examples`` training examples of ``classes`` classes (1: a score)
-    holding ``tokens`` tokens in all (0: not text, or not counted), and why."""
+def auto_epochs(examples: int, classes: int, steps_per_epoch: int) -> tuple[int, str]:
+    """The number of epochs for ``examples`` training examples of ``classes`` classes (1: a
+    score), and why."""
     min_steps = STEPS_PER_CLASS * max(classes, 2)
     epochs = max(MIN_EPOCHS, math.ceil(min_steps / max(steps_per_epoch, 1)))
     reason = f"at least {MIN_EPOCHS} epochs and {min_steps:,} steps"
-    if tokens:
-        epochs = max(epochs, math.ceil(MIN_TOKENS / tokens))
-        reason = f"at least {MIN_EPOCHS} epochs, {min_steps:,} steps and {MIN_TOKENS:,} tokens"
     most = min(MAX_EPOCHS, max(1, MAX_EXAMPLES_SEEN // max(examples, 1)))
     if epochs > most:
         epochs = most
         reason = (f"at most {MAX_EPOCHS} epochs" if most == MAX_EPOCHS else
                   f"at most {MAX_EXAMPLES_SEEN:,} examples seen")
     what = f"{classes} classes" if classes > 1 else "a score"
-    counted = f", {tokens:,} tokens" if tokens else ""
-    return epochs, f"{examples:,} examples{counted}, {what}, {reason}"
+    return epochs, f"{examples:,} examples, {what}, {reason}"
 
 
 def auto_eval_every(steps_per_epoch: int) -> int:
@@ -58,13 +50,13 @@ def auto_eval_every(steps_per_epoch: int) -> int:
     return 0 if every >= steps_per_epoch else every
 
 
-def plan(config: TrainConfig, steps_per_epoch: int, examples: int, classes: int,
-         tokens: int = 0) -> tuple[TrainConfig, str]:
+def plan(config: TrainConfig, steps_per_epoch: int, examples: int, classes: int
+         ) -> tuple[TrainConfig, str]:
     """``config`` with its automatic values decided, and the line that says what was chosen
     (empty when nothing was automatic)."""
     said = []
     if not config.epochs and not config.max_steps:
-        epochs, why = auto_epochs(examples, classes, steps_per_epoch, tokens)
+        epochs, why = auto_epochs(examples, classes, steps_per_epoch)
         config = dataclasses.replace(config, epochs=epochs)
         said.append(f"epochs auto: {epochs} ({why})")
         if not config.eval_every:

@@ -36,7 +36,7 @@ from tensorflow.python.framework import config as tf_config
 from tfpretrain import budget
 from tfpretrain import config as config_lib
 from tfpretrain import report as report_lib
-from tfpretrain.data.pipeline import count_examples, count_tokens
+from tfpretrain.data.pipeline import count_examples
 from tfpretrain.distribute import (
     build_strategy,
     describe_precision,
@@ -147,7 +147,6 @@ class Run:
         self.chief = is_chief(self.strategy)
         self.steps_per_epoch: int | None = None
         self.split_sizes: dict[str, int] = {}
-        self.train_tokens = 0  # tokens of a cached text training split (Run.cache)
         self.budget: dict = {}  # what train.epochs=0 decided (budget.plan), for metrics.json
         self.validation: tf.data.Dataset | None = None  # the last phase's, for task.calibrate
         self.artifacts = {"config": "config.json", "metrics": "metrics.json",
@@ -164,14 +163,11 @@ class Run:
 
     def cache(self, datasets: dict[str, tf.data.Dataset]) -> dict[str, tf.data.Dataset]:
         """Caches each split, counts its examples once (filling the cache) and declares the count,
-        so batch pipelines built on it know their length without reading it again; counts the
-        training split's tokens when it holds BERT inputs (for the automatic budget)."""
+        so batch pipelines built on it know their length without reading it again."""
         cached = {}
         for split, dataset in datasets.items():
             dataset = dataset.cache()
             self.split_sizes[split] = count_examples(dataset)
-            if split == "train":  # text: what the automatic budget counts
-                self.train_tokens = count_tokens(dataset)
             cached[split] = dataset.apply(
                 tf.data.experimental.assert_cardinality(self.split_sizes[split]))
         return cached
@@ -200,7 +196,7 @@ class Run:
         examples = self.split_sizes.get("train",
                                         self.steps_per_epoch * config.global_batch_size)
         config, budget_line = budget.plan(config, self.steps_per_epoch, examples,
-                                          getattr(self.task, "num_classes", 2), self.train_tokens)
+                                          getattr(self.task, "num_classes", 2))
         total = config.total_steps(self.steps_per_epoch)
         with self.strategy.scope():
             optimizer = build_optimizer(config, total)

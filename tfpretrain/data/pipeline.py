@@ -172,16 +172,6 @@ def padding_efficiency(batches: Iterable[tuple[dict[str, tf.Tensor], tf.Tensor]]
     return real / max(computed, 1)
 
 
-def count_tokens(dataset: tf.data.Dataset) -> int:
-    """Real tokens (``input_mask`` ones) of a dataset of ``(BERT inputs, label)`` examples; 0 for
-    a dataset of anything else."""
-    spec = dataset.element_spec
-    if not (isinstance(spec, tuple) and isinstance(spec[0], dict) and "input_mask" in spec[0]):
-        return 0
-    return int(dataset.reduce(tf.constant(0, tf.int64), lambda total, example: (
-        total + tf.reduce_sum(tf.cast(example[0]["input_mask"], tf.int64)))))
-
-
 def count_examples(dataset: tf.data.Dataset) -> int:
     """Number of elements of ``dataset``: its cardinality when known, else by iterating it."""
     known = int(dataset.cardinality())

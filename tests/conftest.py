@@ -115,3 +115,12 @@ def toy_recipe_args(toy_bert, toy_csv, workdir, *extra):
             f"--data.test_file={toy_csv['test']}", "--model.seq_length=16", "--train.epochs=6",
             "--train.global_batch_size=8", "--train.learning_rate=5e-3", "--model.pooling=mean",
             *extra]
+
+
+def saved_model_cli_serving(export_dir):
+    """What ``saved_model_cli show --all`` prints for the export's ``serving_default``."""
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--dir", str(export_dir), "--all"], capture_output=True,
+                           text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    return shown.stdout.split("signature_def['serving_default']")[1].split("signature_def[")[0]

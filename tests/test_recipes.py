@@ -10,7 +10,15 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import CPP_LOG_LINE, ROOT, TOY_ROWS, run_python, toy_recipe_args, write_csv
+from tests.conftest import (
+    CPP_LOG_LINE,
+    ROOT,
+    TOY_ROWS,
+    run_python,
+    saved_model_cli_serving,
+    toy_recipe_args,
+    write_csv,
+)
 
 
 def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
@@ -48,6 +56,10 @@ def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
     assert request["signature_name"] == "serving_default" and len(request["instances"]) == 2
     line = [row for row in out.splitlines() if row.startswith("export check")][0]
     assert float(line.split("max abs diff ")[1].split()[0]) <= 1e-5
+    serving = saved_model_cli_serving(workdir / "export")
+    assert "dtype: DT_STRING" in serving and "name: serving_default_text:0" in serving
+    for key in ("probabilities", "label_id", "label"):
+        assert f"outputs['{key}']" in serving
     # --config reruns the saved configuration (here: nothing left to train, it resumes at the end).
     again = run_python(["-m", "recipes.bert_text_classifier", "--config",
                         str(workdir / "config.json"), "--export.enabled=false"])
@@ -74,20 +86,6 @@ def test_epochs_auto_says_what_it_chose_and_max_minutes_stops_evaluates_exports(
     again = run_python(args)  # the time is used up: it resumes, trains nothing, finishes again
     assert again.returncode == 0 and "Resuming from" in again.stdout, again.stderr[-3000:]
     assert json.loads((workdir / "metrics.json").read_text())["steps"] == 1
-
-
-def test_saved_model_cli_shows_a_string_input(toy_bert, toy_csv, tmp_path):
-    workdir = tmp_path / "run"
-    assert run_python(toy_recipe_args(toy_bert, toy_csv, workdir,
-                                      "--train.epochs=1")).returncode == 0
-    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
-    shown = subprocess.run([cli, "show", "--dir", str(workdir / "export"), "--all"],
-                           capture_output=True, text=True)
-    assert shown.returncode == 0, shown.stderr[-2000:]
-    serving = shown.stdout.split("signature_def['serving_default']")[1]
-    assert "dtype: DT_STRING" in serving and "name: serving_default_text:0" in serving
-    for key in ("probabilities", "label_id", "label"):
-        assert f"outputs['{key}']" in serving
 
 
 @pytest.mark.slow  # 30 s; tests/test_train.py covers each option in the loop by default
@@ -209,6 +207,7 @@ def _export_difference(out):
     return float(line.split("max abs diff ")[1].split()[0])
 
 
+@pytest.mark.slow  # 40 s: two recipe runs (the frozen recipe runs by default in the test below)
 def test_use_text_classifier_frozen_caches_embeddings_across_runs(toy_use, toy_csv, tmp_path):
     toy_csv["test"] = write_csv(tmp_path / "test.csv", TOY_ROWS[::-1])  # not the validation data
     first = run_python(_use_args(toy_use["from_bert"], toy_csv, tmp_path / "a",

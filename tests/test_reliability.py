@@ -74,6 +74,7 @@ def test_sigterm_checkpoints_exits_143_and_the_rerun_resumes(toy_bert, toy_csv, 
     assert json.loads((workdir / "metrics.json").read_text())["steps"] == 360
 
 
+@pytest.mark.slow  # 50 s: two recipe runs (tests/test_mlm.py resumes exactly by default)
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
     args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.max_steps=20",
@@ -195,7 +196,8 @@ def test_bad_input_matrix(toy_bert, toy_csv, tmp_path, case):
     elif case == "unknown_label_in_a_set":  # multi-label
         train = write_csv(tmp_path / "m.csv", [("good film", "a|b"), ("bad plot", "b")] * 3)
         test = write_csv(tmp_path / "mt.csv", [("good film", "a|c")])
-        extra, message = ([f"--data.train_file={train}", f"--data.test_file={test}"],
+        extra, message = ([f"--data.train_file={train}", f"--data.validation_file={train}",
+                           f"--data.test_file={test}"],
                           "mt.csv, row 2: label 'c' is not one of the training labels")
     started = time.time()
     result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run", *extra), timeout=120)

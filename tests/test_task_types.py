@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import NEGATIVE, POSITIVE, ROOT, run_python, write_csv
+from tests.conftest import (
+    NEGATIVE,
+    POSITIVE,
+    ROOT,
+    run_python,
+    saved_model_cli_serving,
+    write_csv,
+)
 from tfpretrain.data.conll import entity_types, read_conll
 from tfpretrain.data.pipeline import pack_texts
 from tfpretrain.data.text import TextDataConfig, infer_task, load_text_data
@@ -153,6 +160,9 @@ def test_pair_regression_end_to_end_with_predict_on_pairs(toy_bert, pair_files, 
     report = (workdir / "report.md").read_text()
     assert "![predicted vs gold](scatter.png)" in report and (workdir / "scatter.png").exists()
     assert "text_a" in report and "text_b" in report
+    serving = saved_model_cli_serving(workdir / "export")  # as TF Serving users see it
+    assert serving.count("dtype: DT_STRING") == 2 and "outputs['score']" in serving
+    assert "serving_default_text_a:0" in serving and "serving_default_text_b:0" in serving
     signature = tf.saved_model.load(str(workdir / "export")).signatures["serving_default"]
     assert sorted(signature.structured_input_signature[1]) == ["text_a", "text_b"]
     assert set(signature.structured_outputs) == {"score"}

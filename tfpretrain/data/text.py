@@ -198,6 +198,7 @@ def _from_files(config, task):
         task = ("multilabel" if file_format(config.train_file, config.format) == "conll"
                 else infer_task(labels))
     names = _label_names(labels, task)
+    _require_classes(task, names)  # before the other files: the training file is the cause
 
     def encoded(path, texts, labels, _keys=None):
         return texts, _encode(labels, task, names, lambda i: row_name(path, config.format, i))
@@ -277,6 +278,12 @@ def _drop_unlabelled(datasets, config):
     return datasets
 
 
+def _require_classes(task, names):
+    if task != "regression" and len(names) < 2:
+        raise DataError(f"the training data has a single class ({names}); a classifier needs two "
+                        "or more")
+
+
 def load_text_data(config: TextDataConfig, task: str = "auto") -> TextData:
     """The splits of a TextDataConfig and what their labels are (see the module docstring);
     ``task`` is ``auto`` (inferred from the training labels or the TFDS label feature),
@@ -291,9 +298,7 @@ def load_text_data(config: TextDataConfig, task: str = "auto") -> TextData:
     if task not in TASKS:
         raise DataError(f"model.task must be one of {TASKS}, got {task!r}")
     data = _from_files(config, task) if config.train_file else _from_tfds(config, task)
-    if data.task != "regression" and len(data.label_names) < 2:
-        raise DataError(f"the training data has a single class ({data.label_names}); a classifier "
-                        "needs two or more")
+    _require_classes(data.task, data.label_names)
     for split, dataset in data.datasets.items():
         if not any(True for _ in dataset.take(1)):
             raise DataError(f"the {split} split is empty (data.{split}_split / data.{split}_file)")

@@ -200,20 +200,21 @@ def _from_files(config, task):
     names = _label_names(labels, task)
     _require_classes(task, names)  # before the other files: the training file is the cause
 
-    def encoded(path, texts, labels, _keys=None):
+    def encoded(path, texts, labels):
         return texts, _encode(labels, task, names, lambda i: row_name(path, config.format, i))
 
     splits = {"train": encoded(config.train_file, texts, labels)}
     if config.validation_file:
         splits["validation"] = encoded(config.validation_file,
-                                       *_file_examples(config.validation_file, config, keys))
+                                       *_file_examples(config.validation_file, config, keys)[:2])
     else:  # Deterministic: every 10th row is held out.
         texts, values = splits.pop("train")
         splits["train"] = ([[x for i, x in enumerate(t) if i % 10] for t in texts],
                            [y for i, y in enumerate(values) if i % 10])
         splits["validation"] = ([t[::10] for t in texts], values[::10])
     if config.test_file:
-        splits["test"] = encoded(config.test_file, *_file_examples(config.test_file, config, keys))
+        splits["test"] = encoded(config.test_file,
+                                 *_file_examples(config.test_file, config, keys)[:2])
     return TextData({split: _dataset(t, v, task) for split, (t, v) in splits.items()}, task,
                     names, keys)
 

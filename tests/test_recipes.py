@@ -167,6 +167,7 @@ def test_empty_split_is_an_error(toy_bert, toy_csv, tmp_path):
     ("resnet_pretrain", "--export.preset=digits_resnet "),
     ("resnet_image_classifier", "--model.encoder=digits_resnet "),
     ("bert_mlm_pretrain", "--model.whole_word=False "),
+    ("bert_token_classifier", "--data.tag_scheme=auto "),
 ])
 def test_help_lists_flags(recipe, flag):
     result = run_python(["-m", f"recipes.{recipe}", "--help"], timeout=120)

@@ -60,8 +60,8 @@ def test_task_inference_and_the_conll_entity_types():
     assert infer_task(["1", "0", "1"]) == "classification"
     assert infer_task(["PER|LOC", "", "ORG"]) == "multilabel"
     sentences = read_conll("-DOCSTART- -X- O\n\n" + CONLL)
-    assert [len(words) for words, _ in sentences] == [3, 2, 2, 3]
-    assert [entity_types(tags) for _, tags in sentences] == [["MISC", "ORG"], ["PER"], [],
+    assert [len(words) for words, _, _ in sentences] == [3, 2, 2, 3]
+    assert [entity_types(tags) for _, tags, _ in sentences] == [["MISC", "ORG"], ["PER"], [],
                                                               ["LOC", "PER"]]
 
 

@@ -5,17 +5,20 @@ Public API (see README.md); recipes reach the library only through ``import tfpr
     load_sentence_encoder, embed_texts, load_embeddings             — sentence encoders (USE-style)
     load_image_encoder, scale_to_unit_range                         — image feature vectors
     build_bert_classifier, build_sentence_classifier, build_image_classifier,
-    build_resnet_classifier, build_classification_head, pair_features, sentence_features,
-    feature_extractor                                               — models
-    SingleLabelClassification, Regression, MultiLabelClassification, make_task — task types
+    build_resnet_classifier, build_token_classifier, build_classification_head, pair_features,
+    sentence_features, feature_extractor                            — models
+    SingleLabelClassification, Regression, MultiLabelClassification, TokenClassification,
+    make_task, entity_metrics                                       — task types
     TextDataConfig, ImageDataConfig, MlmDataConfig, load_text_data, make_text_datasets,
     make_corpus, tokenize_texts, make_batches, pack_texts, text_batch, decode_texts,
-    count_examples                                                  — data
+    count_examples, TaggingDataConfig, load_tagged_data, make_tagging_examples, split_words,
+    word_windows                                                    — data
     Run, Export, start_run, set_seed, count_parameters              — the run seam
     build_strategy, fit, build_optimizer, set_precision, describe_precision, is_chief,
     warm_up_head                                                    — training
     write_report                                                    — reports
-    export_text_classifier, export_image_classifier, serve_in_fresh_process, check_export
+    export_text_classifier, export_token_classifier, export_image_classifier,
+    serve_in_fresh_process, check_export
     export_bert_encoder, export_bert_preprocessor, export_sentence_encoder,
     export_image_encoder                                            — TF Hub-format writers
 Modules: tp.config (options, sections, recipe_config), tp.cli, tp.files, tp.zoo (presets),
@@ -40,6 +43,13 @@ from tfpretrain.data.pipeline import (
     text_batch,
     tokenize_texts,
 )
+from tfpretrain.data.tagging import (
+    TaggingDataConfig,
+    load_tagged_data,
+    make_tagging_examples,
+    split_words,
+    word_windows,
+)
 from tfpretrain.data.text import (
     TASKS,
     TextData,
@@ -62,6 +72,7 @@ from tfpretrain.export import (
     check_export,
     export_image_classifier,
     export_text_classifier,
+    export_token_classifier,
     serve_in_fresh_process,
 )
 from tfpretrain.heads import build_classification_head, pair_features, sentence_features
@@ -78,6 +89,7 @@ from tfpretrain.models import (
     build_image_classifier,
     build_resnet_classifier,
     build_sentence_classifier,
+    build_token_classifier,
     feature_extractor,
 )
 from tfpretrain.optimizers import build_optimizer
@@ -94,6 +106,7 @@ from tfpretrain.tasks.classification import (
 )
 from tfpretrain.tasks.multilabel import MultiLabelClassification, multilabel_metrics
 from tfpretrain.tasks.regression import Regression, cosine_baseline, regression_metrics
+from tfpretrain.tasks.tagging import TokenClassification, entity_metrics
 from tfpretrain.train import TrainState, fit
 from tfpretrain.warmup import warm_up_head
 
@@ -115,6 +128,8 @@ __all__ = [
     "SingleLabelClassification",
     "TextData",
     "TextDataConfig",
+    "TaggingDataConfig",
+    "TokenClassification",
     "TrainState",
     "TrainingError",
     "build_bert_classifier",
@@ -124,6 +139,7 @@ __all__ = [
     "build_optimizer",
     "build_resnet_classifier",
     "build_sentence_classifier",
+    "build_token_classifier",
     "build_strategy",
     "check_export",
     "classification_metrics",
@@ -135,6 +151,7 @@ __all__ = [
     "decode_texts",
     "describe_precision",
     "embed_texts",
+    "entity_metrics",
     "evaluate_classifier",
     "export_bert_encoder",
     "export_bert_preprocessor",
@@ -142,6 +159,7 @@ __all__ = [
     "export_image_encoder",
     "export_sentence_encoder",
     "export_text_classifier",
+    "export_token_classifier",
     "feature_extractor",
     "files",
     "fit",
@@ -154,10 +172,12 @@ __all__ = [
     "load_image_encoder",
     "load_saved_model",
     "load_sentence_encoder",
+    "load_tagged_data",
     "load_text_data",
     "make_batches",
     "make_corpus",
     "make_task",
+    "make_tagging_examples",
     "make_text_datasets",
     "mlm",
     "multilabel_metrics",
@@ -173,6 +193,7 @@ __all__ = [
     "serve_in_fresh_process",
     "set_precision",
     "set_seed",
+    "split_words",
     "start_run",
     "text_batch",
     "task_option",
@@ -180,5 +201,6 @@ __all__ = [
     "tokenize_texts",
     "warm_up_head",
     "write_report",
+    "word_windows",
     "zoo",
 ]

@@ -72,8 +72,8 @@ class TrainConfig:
                              "about 4 per epoch)", 0)
     best_metric: str = option("validation metric that picks the best checkpoint ('' = the "
                               "task's: accuracy for classification, spearman for regression, "
-                              "micro_f1 for multi-label), one the task reports, checked at "
-                              "start-up; losses are minimised", "")
+                              "micro_f1 for multi-label, entity f1 for tagging), one the task "
+                              "reports, checked at start-up; losses are minimised", "")
     early_stopping_patience: int = option("evaluations without improvement before stopping "
                                           "(0 = auto: 3 when epochs=0, else off; -1 = off)", 0)
     max_steps: int = option("stop after this many steps (0 = epochs x steps per epoch)", 0)

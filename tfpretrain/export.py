@@ -99,6 +99,48 @@ def trim_to_longest(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {key: value[:, :longest] for key, value in inputs.items()}
 
 
+def export_token_classifier(model: keras.Model, path: str, preprocessor: Any, seq_length: int,
+                            task: Any) -> str:
+    """Writes a SavedModel of a token classifier (``build_token_classifier``) on raw strings.
+
+    Signatures (outputs padded per batch, so TF Serving can return them):
+
+    - ``serving_default(text: string [batch])``: the text split into words (whitespace, and
+      punctuation at either end of a word, ``tfpretrain.data.tagging.split_words``), tagged, and
+      its entities: ``entity_type``, ``entity_text`` ``[batch, entities]`` string;
+      ``entity_start``, ``entity_end`` int64 character offsets (end exclusive; -1 = padding);
+      ``entity_score`` float32; ``entity_count`` ``[batch]``; plus ``words``, ``tags``,
+      ``tag_ids`` and ``word_scores`` ``[batch, words]``;
+    - ``tag_words(tokens: string [batch, words], "" after the last word)``: one IOB2 tag per
+      given word, as evaluation scores them: ``tags``, ``tag_ids``, ``word_scores`` and
+      ``tag_probabilities`` ``[batch, words, tags]``.
+
+    Word pieces, windows of ``seq_length`` tokens and the first-piece rule are the training
+    pipeline's own (``tfpretrain.data.tagging.word_windows``).
+    """
+    from tfpretrain.data.tagging import split_words, word_windows
+
+    def probabilities(words):
+        windows = word_windows(words, preprocessor, seq_length)
+        return task.word_probabilities(model, windows, words)
+
+    def serve_text(text):
+        words, starts, ends = split_words(text)
+        tagged = probabilities(words)
+        return {**task.entities(text, starts, ends, tagged), **task.word_outputs(tagged),
+                "words": words.to_tensor("")}
+
+    def serve_words(tokens):
+        tagged = probabilities(tf.RaggedTensor.from_tensor(tokens, padding=""))
+        return {**task.word_outputs(tagged), "tag_probabilities": tagged.to_tensor(0.0)}
+
+    _write_archive(model, path, {
+        "serving_default": (serve_text, [tf.TensorSpec([None], tf.string, name="text")]),
+        "tag_words": (serve_words, [tf.TensorSpec([None, None], tf.string, name="tokens")])},
+        [preprocessor])
+    return path
+
+
 def export_image_classifier(model: keras.Model, label_names: list[str] | None, path: str,
                             image_size: int, task: Any = None) -> str:
     """Writes a SavedModel of an image classifier that takes encoded images or float images.
@@ -145,26 +187,34 @@ def _write_model(model, task, path, endpoints, track=()):
     endpoints["predict_embeddings"] = (
         lambda *x: {"embeddings": tf.cast(features(to_inputs(*x), training=False), tf.float32)},
         specs)
+    with tempfile.TemporaryDirectory() as scratch:
+        outputs, resources = task.serving(scratch)  # e.g. label names as an asset
+        endpoints = {name: (_serving(model, fn, outputs) if name == "serving_default"
+                            or name.startswith("serving_") else fn, specs)
+                     for name, (fn, specs) in endpoints.items()}
+        _write_archive(model, path, endpoints, [*resources, *track])
+    return path
+
+
+def _write_archive(model, path, endpoints, track):
+    """Writes the SavedModel of ``endpoints`` (``{name: (fn, input_specs)}``) on ``model``
+    atomically, tracking ``track`` (tables, preprocessors) and the SavedModels inside the model."""
     # Keras's ExportArchive, not tf.saved_model.save of a module holding the model: with the
     # latter, graph-mode loaders (TF Serving, saved_model_cli run, the TFLite converter) cannot
     # find the Keras layers' variables ("Could not find variable classifier/logits/bias"). And
     # no archive.track(model): the archive saves the variables its endpoints use by itself, and
     # tracking the model stores every weight a second time through its Keras wrappers (Keras 3.15).
-    with atomic_directory(path) as tmp, tempfile.TemporaryDirectory() as scratch:
-        outputs, resources = task.serving(scratch)  # e.g. label names as an asset
+    with atomic_directory(path) as tmp:
         archive = keras.export.ExportArchive()
-        for resource in [*resources, *track]:
+        for resource in track:
             archive.track(resource)
         # tables inside Hub SavedModels (a sentence encoder's vocabulary)
         for layer in model.layers:
             if isinstance(layer, HubLayer):
                 archive.track(layer.saved_model)
         for name, (fn, input_specs) in endpoints.items():
-            if name == "serving_default" or name.startswith("serving_"):
-                fn = _serving(model, fn, outputs)
             archive.add_endpoint(name, fn, input_signature=list(input_specs))
         archive.write_out(tmp, verbose=False)
-    return path
 
 
 def _serving(model, to_inputs, outputs):

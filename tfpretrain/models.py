@@ -42,6 +42,20 @@ def build_bert_classifier(encoder_layer: keras.layers.Layer, num_classes: int,
     return keras.Model(inputs, logits, name="bert_classifier")
 
 
+def build_token_classifier(encoder_layer: keras.layers.Layer, num_tags: int,
+                           dropout: float = 0.1, seed: int | None = None) -> keras.Model:
+    """A token classifier on BERT inputs: dict of int32 ``[batch, seq]`` → logits ``[batch, seq,
+    tags]``, a dense layer (the ``classifier`` head) on each position of ``sequence_output``.
+
+    Example:
+        >>> model = build_token_classifier(load_encoder("minilm_l6").layer, 9)  # doctest: +SKIP
+    """
+    inputs = {name: keras.Input((None,), dtype="int32", name=name) for name in INPUT_NAMES}
+    sequence = encoder_layer(inputs)["sequence_output"]
+    logits = heads.build_classification_head(num_tags, dropout, seed=seed)(sequence)
+    return keras.Model(inputs, logits, name="bert_token_classifier")
+
+
 def build_sentence_classifier(encoder_layer: keras.layers.Layer, head: keras.layers.Layer,
                               pairs: bool = False) -> keras.Model:
     """A text classifier on raw strings: ``[batch]`` strings → logits, from a sentence encoder;

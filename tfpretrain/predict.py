@@ -4,10 +4,12 @@
     python -m tfpretrain.predict --model runs/bert_text_classifier/export --file texts.txt --json
     python -m tfpretrain.predict --model runs/mrpc/export "The cat sat." "A cat was sitting."
     python -m tfpretrain.predict --model runs/resnet_image_classifier/export digit.png photo.jpg
+    python -m tfpretrain.predict --model runs/bert_token_classifier/export "EU rejects German call"
 
 Prints one row per input as a table (or JSON lines): the label and its probability (with
 every class's probability in JSON) for a classifier, the score for regression, the labels
-above the export's threshold for multi-label. Text exports take strings; an export of sentence
+above the export's threshold for multi-label, the entities (type, text, character offsets,
+score) for a token classifier. Text exports take strings; an export of sentence
 pairs takes its inputs two at a time (arguments in order, or a --file line with the two texts
 separated by a tab); image exports (input ``image_bytes``) take image files, sent as their
 encoded bytes. Needs only ``tensorflow`` and ``tensorflow_text``: a teammate can run it without
@@ -37,10 +39,11 @@ def _load(path):
     inputs = sorted(serve.structured_input_signature[1])  # text, or text_a and text_b
     outputs = set(serve.structured_outputs)
     if len(inputs) > 2 or not ({"probabilities", "label"} <= outputs or "score" in outputs
-                               or {"probabilities", "labels"} <= outputs):
+                               or {"probabilities", "labels"} <= outputs
+                               or "entity_type" in outputs):
         raise ValueError(f"--model {path}: serving_default takes {inputs} and returns "
                          f"{sorted(outputs)}; expected one or two inputs and 'probabilities' "
-                         "with 'label' or 'labels', or 'score'")
+                         "with 'label' or 'labels', 'score', or entities")
     labels_file = os.path.join(path, "assets", "labels.txt")
     names = None
     if os.path.exists(labels_file):
@@ -64,6 +67,13 @@ def _rows(inputs, out, names):
             row["label"], row["probability"] = out["label"][i].decode(), float(p.max())
         if "labels" in out:
             row["labels"] = [v.decode() for v in out["labels"][i] if v]
+        if "entity_type" in out:
+            row["entities"] = [
+                {"type": out["entity_type"][i, k].decode(),
+                 "text": out["entity_text"][i, k].decode(),
+                 "start": int(out["entity_start"][i, k]), "end": int(out["entity_end"][i, k]),
+                 "score": float(out["entity_score"][i, k])}
+                for k in range(int(out["entity_count"][i]))]
         rows.append(row)
     return rows
 
@@ -72,7 +82,8 @@ def predict(path: str, texts: Sequence, batch_size: int = 64) -> list[dict]:
     """One dict per input of ``texts`` (strings; ``(text_a, text_b)`` pairs for an export of
     pairs; image file paths for an image export) with the export at ``path``: ``input``, then
     ``label``, ``probability`` and ``probabilities`` (classifier), ``score`` (regression) or
-    ``labels`` and ``probabilities`` (multi-label).
+    ``labels`` and ``probabilities`` (multi-label), or ``entities`` (token classifier: dicts of
+    ``type``, ``text``, ``start``, ``end`` character offsets and ``score``).
 
     Example:
         >>> predict("runs/bert_text_classifier/export", ["Shares fell 5%."])  # doctest: +SKIP
@@ -161,6 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({k: round(v, 6) if isinstance(v, float) else
                               {c: round(p, 6) for c, p in v.items()} if isinstance(v, dict) else v
                               for k, v in row.items()}, ensure_ascii=False))
+        return 0
+    if "entities" in rows[0]:
+        for row in rows:
+            found = "; ".join(f"{e['type']} {e['text']!r} {e['start']}-{e['end']} "
+                              f"{e['score']:.2f}" for e in row["entities"])
+            print(f"{row['input']}\n    {found or '(no entities)'}")
         return 0
     shown = [" | ".join(r["input"]) if isinstance(r["input"], tuple) else r["input"] for r in rows]
     width = min(60, max(len(t) for t in shown))

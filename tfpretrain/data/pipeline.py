@@ -125,7 +125,7 @@ def _bucket_boundaries(seq_length):
 
 def make_batches(examples: tf.data.Dataset, batch_size: int, seq_length: int,
                  shuffle_seed: int | None = None, shuffle_buffer: int = 10000,
-                 skip_batches: int = 0) -> tf.data.Dataset:
+                 skip_batches: int = 0, label_padding: int | None = None) -> tf.data.Dataset:
     """Batches of tokenised examples, padded per batch and grouped by length.
 
     Args:
@@ -134,6 +134,8 @@ def make_batches(examples: tf.data.Dataset, batch_size: int, seq_length: int,
         seq_length: the longest possible example, for the bucket boundaries.
         shuffle_seed: shuffle with this seed (``None`` = keep order, for evaluation).
         skip_batches: batches to skip (resuming mid-epoch).
+        label_padding: the value that pads per-token labels (token classification: -1, no
+            label); None for one label per example.
 
     Example:
         >>> batches = make_batches(tokenize_texts(ds, pre, 128).cache(), 32, 128,
@@ -143,10 +145,16 @@ def make_batches(examples: tf.data.Dataset, batch_size: int, seq_length: int,
         examples = examples.shuffle(shuffle_buffer, seed=shuffle_seed,
                                     reshuffle_each_iteration=False)
     boundaries = _bucket_boundaries(seq_length)
+    padding = None
+    if label_padding is not None:
+        inputs_spec, label_spec = examples.element_spec
+        padding = ({k: tf.constant(0, s.dtype) for k, s in inputs_spec.items()},
+                   tf.constant(label_padding, label_spec.dtype))
     batches = examples.bucket_by_sequence_length(
         lambda inputs, label: tf.shape(inputs["input_word_ids"])[0],
         bucket_boundaries=boundaries,
         bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
+        padding_values=padding,
         drop_remainder=False,
     )
     if skip_batches:

@@ -1,0 +1,93 @@
+"""Fine-tune a BERT-family encoder to tag words (named entities) and export it on raw strings.
+
+Data: CoNLL columns (a word and its tags per line, a blank line between sentences) or JSON lines
+({"tokens": [...], "tags": [...]}); tags in IOB1, IOB2 or IOBES, checked and trained as IOB2.
+Each word's tag goes to its first word piece; its other pieces are left out of the loss and the
+evaluation. Scores are per entity, as conlleval computes them.
+
+Default data: TFDS conll2003 (needs the network). Offline, with the files of CoNLL-2003:
+
+    python -m recipes.bert_token_classifier --data.train_file=conll2003/train.txt \\
+        --data.validation_file=conll2003/dev.txt --data.test_file=conll2003/test.txt
+    python -m tfpretrain.predict --model runs/bert_token_classifier/export "EU rejects German call"
+
+The export's serving_default(text) returns each text's entities (type, text, character offsets,
+score); tag_words(tokens) returns one tag per given word.
+"""
+
+import dataclasses
+import sys
+
+import tensorflow as tf
+
+import tfpretrain as tp
+
+option = tp.config.option
+
+
+@dataclasses.dataclass
+class TokenModelConfig:
+    encoder: str = option("preset name, local dir, gs:// path or tfhub.dev/Kaggle URL of a "
+                          "TF Hub-format BERT encoder; or hf://org/model or a KerasHub preset name "
+                          "(converted once)", "minilm_l6")
+    preprocessor: str = option("matching TF Hub-format preprocessor ('' = the preset's)", "")
+    seq_length: int = option("tokens per window: a longer sentence is cut into consecutive "
+                             "windows of seq_length - 2 word pieces (no word dropped)", 128)
+    trainable: bool = option("fine-tune the encoder (false: train the head only)", True)
+    dropout: float = option("dropout before the tag layer", 0.1)
+
+
+TokenClassifierConfig = tp.config.recipe_config(
+    "bert_token_classifier", data=tp.TaggingDataConfig, model=TokenModelConfig,
+    train_defaults={"layer_decay": 0.8})
+
+
+def main(cfg):
+    run = tp.Run(cfg, "bert_token_classifier", multi_worker=True)
+    m = cfg.model
+    data = tp.load_tagged_data(cfg.data)
+    run.task = tp.TokenClassification(data.tag_names)
+    print(f"tags: {data.scheme} in the data, trained as IOB2; entity types "
+          f"{', '.join(run.task.entity_types)}", flush=True)
+    with run.scope():
+        encoder = tp.load_bert_encoder(m.encoder, m.preprocessor, m.trainable, m.seq_length)
+        model = tp.build_token_classifier(encoder.layer, len(data.tag_names), m.dropout,
+                                          seed=cfg.train.seed)
+    seq, pre = encoder.seq_length, encoder.preprocessor
+    examples = run.cache({split: tp.make_tagging_examples(sentences, data.tag_names, pre, seq,
+                                                          split)
+                          for split, sentences in data.sentences.items()})
+
+    def batches(split, epoch=None, skip=0):
+        seed = None if epoch is None else cfg.train.seed + epoch
+        return tp.make_batches(examples[split], cfg.train.global_batch_size, seq, seed,
+                               cfg.data.shuffle_buffer, skip, label_padding=-1)
+
+    state = run.train(model, lambda epoch, skip: batches("train", epoch, skip),
+                      validation=batches("validation"),
+                      details=f"encoder {m.encoder} | seq_length {seq} | "
+                              f"{run.task.describe_labels()}")
+    split = "test" if "test" in data.sentences else "validation"
+    texts = [" ".join(s.words) for s in data.sentences[split][:8]]
+
+    def windows(texts):
+        words = tp.split_words(tf.constant(texts))[0]
+        return tp.word_windows(words, pre, seq), words
+
+    export = tp.Export(
+        write=lambda path: tp.export_token_classifier(model, path, pre, seq, run.task),
+        check_inputs=texts, model_inputs=windows)
+    run.finish(model, state, test=batches("test") if "test" in examples else None, export=export,
+               report={"title": f"Token classifier: {m.encoder} on "
+                                f"{cfg.data.train_file or cfg.data.name}",
+                       "encoder": {"encoder": tp.zoo.describe(m.encoder),
+                                   "preprocessor": f"`{encoder.preprocessor_handle}`",
+                                   "input": f"windows of {seq} tokens; each word's first piece "
+                                            "carries its tag",
+                                   "trainable parameters":
+                                       f"{tp.count_parameters(model.trainable_variables):,}"},
+                       "example_inputs": texts[:2]})
+
+
+if __name__ == "__main__":
+    sys.exit(tp.cli.run(main, TokenClassifierConfig(), description=__doc__))

@@ -243,6 +243,18 @@ def test_token_classifier_end_to_end_entities_from_raw_text(toy_bert, tagged_fil
                                              out["entity_text"].numpy()[0, :count]]
 
 
+def test_an_inconsistent_tag_sequence_is_one_line_naming_it_and_nothing_is_written(
+        toy_bert, tagged_files, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("the X O\nbank X I-ORG\nfilm X B-ORG\n\nstar X B-PER\n")
+    result = run_python(_args(tmp_path / "run", toy_bert, tagged_files,
+                              f"--data.train_file={bad}", "--data.tag_scheme=IOB2"), timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "bad.txt, line 2: tag 'I-ORG' after 'O'" in lines[0], lines
+    assert "Traceback" not in result.stderr and not (tmp_path / "run" / "metrics.json").exists()
+
+
 @pytest.mark.slow  # about 80 s: two toy runs and a killed one
 def test_kill_9_mid_training_of_a_tagger_then_rerun_resumes(toy_bert, tagged_files, tmp_path):
     def args(workdir):

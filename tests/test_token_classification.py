@@ -166,6 +166,36 @@ def test_long_sentences_are_cut_into_windows_and_every_word_keeps_its_label(toy_
     assert first[3].tolist() == [1, 4]
 
 
+def test_how_words_are_written_reaches_every_piece_of_the_word(toy_bert):
+    pre = tf.saved_model.load(toy_bert[1])
+    windows = word_windows(tf.ragged.constant([["The", "GOALKEEPER", "film", "1996"]]), pre, 32,
+                           cases=True)
+    ids = windows.inputs["input_word_ids"].numpy()[0]
+    cases = windows.inputs["input_case_ids"].numpy()[0]
+    length = int(windows.inputs["input_mask"].numpy().sum())
+    # [CLS] The GOAL ##K ##E ##E ##P ##E ##R film 1 ##9 ##9 ##6 [SEP]: Title, UPPER x7, lower,
+    # no letter for the pieces of 1996 (here [UNK]: the toy vocabulary has no digits).
+    assert cases[:length].tolist() == [0, 2, *[3] * 7, 1, 4, 0][:length]
+    assert cases[length:].tolist() == [0] * (32 - length) and ids[length - 1] == 3
+
+
+def test_case_segments_feed_capitalised_words_to_the_encoder_as_segment_one(toy_bert):
+    from tfpretrain.hub import HubLayer
+    from tfpretrain.models import build_token_classifier
+
+    encoder = HubLayer(toy_bert[0], name="encoder")
+    with_cases = build_token_classifier(encoder, 5, dropout=0.0, seed=1, case_segments=True)
+    plain = build_token_classifier(encoder, 5, dropout=0.0, seed=1)
+    ids = tf.constant([[2, 9, 10, 11, 12, 3]])
+    inputs = {"input_word_ids": ids, "input_mask": tf.ones_like(ids),
+              "input_type_ids": tf.zeros_like(ids)}
+    cases = tf.constant([[0, 2, 1, 3, 4, 0]])  # [CLS] Title lower UPPER no-letter [SEP]
+    expected = plain({**inputs, "input_type_ids": tf.constant([[0, 1, 0, 1, 0, 0]])})
+    got = with_cases({**inputs, "input_case_ids": cases})
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-6)
+    assert np.abs(got.numpy() - plain(inputs).numpy()).max() > 1e-4
+
+
 def test_raw_text_is_split_into_words_with_character_offsets():
     text = "  Zürich (Reuters) - U.S. official's visit."
     words, starts, ends = split_words(tf.constant([text, ""]))
@@ -225,7 +255,7 @@ def test_token_classifier_end_to_end_entities_from_raw_text(toy_bert, tagged_fil
     serving = saved_model_cli_serving(workdir / "export")
     assert "serving_default_text:0" in serving and "outputs['entity_start']" in serving
     export = tf.saved_model.load(str(workdir / "export"))
-    text = "the bank, and the minister actor!"
+    text = "The bank, and the Minister ACTOR!"
     out = export.signatures["serving_default"](text=tf.constant([text, ""]))
     count = int(out["entity_count"][0])
     assert int(out["entity_count"][1]) == 0 and count >= 1

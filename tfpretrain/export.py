@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpretrain.data.pipeline import pack_texts
+from tfpretrain.data.pipeline import pack_texts, trim_to_longest
 from tfpretrain.files import atomic_directory
 from tfpretrain.hub import HubLayer
 from tfpretrain.models import feature_extractor
@@ -86,19 +86,6 @@ def export_text_classifier(model: keras.Model, label_names: list[str] | None, pa
     return _write_model(model, task, path, endpoints, track=[preprocessor] if preprocessor else [])
 
 
-def trim_to_longest(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Packed BERT inputs ``[batch, seq_length]`` → ``[batch, longest]``, where ``longest`` is the
-    longest real length in the batch (the most ``input_mask`` ones; at least 1).
-
-    The serving path computes only up to the batch's longest text, as training did (batches are
-    padded to their own longest example): a 10-token request costs 10 tokens, not ``seq_length``.
-    The dropped columns are padding, which the encoder masks, so outputs are unchanged; TF
-    Hub-format encoders take any sequence length up to their number of positions.
-    """
-    longest = tf.maximum(tf.reduce_max(tf.reduce_sum(inputs["input_mask"], axis=1)), 1)
-    return {key: value[:, :longest] for key, value in inputs.items()}
-
-
 def export_token_classifier(model: keras.Model, path: str, preprocessor: Any, seq_length: int,
                             task: Any) -> str:
     """Writes a SavedModel of a token classifier (``build_token_classifier``) on raw strings.
@@ -120,8 +107,10 @@ def export_token_classifier(model: keras.Model, path: str, preprocessor: Any, se
     """
     from tfpretrain.data.tagging import split_words, word_windows
 
+    cases = "input_case_ids" in model.input  # build_token_classifier(case_segments=True)
+
     def probabilities(words):
-        windows = word_windows(words, preprocessor, seq_length)
+        windows = word_windows(words, preprocessor, seq_length, cases)
         return task.word_probabilities(model, windows, words)
 
     def serve_text(text):

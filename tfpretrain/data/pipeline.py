@@ -60,6 +60,19 @@ def pack_texts(preprocessor: Any, texts: tf.Tensor | tuple, seq_length: int,
     return preprocessor.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length))
 
 
+def trim_to_longest(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Packed BERT inputs ``[batch, seq_length]`` → ``[batch, longest]``, where ``longest`` is the
+    longest real length in the batch (the most ``input_mask`` ones; at least 1).
+
+    The serving path computes only up to the batch's longest text, as training did (batches are
+    padded to their own longest example): a 10-token request costs 10 tokens, not ``seq_length``.
+    The dropped columns are padding, which the encoder masks, so outputs are unchanged; TF
+    Hub-format encoders take any sequence length up to their number of positions.
+    """
+    longest = tf.maximum(tf.reduce_max(tf.reduce_sum(inputs["input_mask"], axis=1)), 1)
+    return {key: value[:, :longest] for key, value in inputs.items()}
+
+
 def decode_texts(values: Iterable) -> list:
     """Texts from a dataset of ``(text, label)`` as Python strings: ``bytes`` → ``str``, a pair
     ``(bytes, bytes)`` → ``(str, str)``."""

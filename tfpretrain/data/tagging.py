@@ -155,10 +155,29 @@ class Windows(NamedTuple):
     window_text: tf.Tensor
 
 
-def word_windows(words: tf.RaggedTensor, preprocessor: Any, seq_length: int) -> Windows:
+# What an uncased encoder cannot see: how a word is written. 0 is [CLS], [SEP] and padding.
+CASES = ("none", "lower", "Title", "UPPER", "no letter")
+
+
+def word_cases(words: tf.Tensor) -> tf.Tensor:
+    """The ``CASES`` id of each word of ``words`` (int32).
+
+    Example:
+        >>> word_cases(tf.constant(["the", "Peter", "U.S.", "I", "1996-08-30", "iPhone"])).numpy()
+        array([1, 2, 3, 2, 4, 1], dtype=int32)
+    """
+    letter = tf.strings.regex_full_match(words, r".*\pL.*")
+    upper = tf.strings.regex_full_match(words, r"\PL*\p{Lu}[^\p{Ll}]*\p{Lu}[^\p{Ll}]*")
+    title = tf.strings.regex_full_match(words, r"\PL*\p{Lu}.*")
+    return tf.where(~letter, 4, tf.where(upper, 3, tf.where(title, 2, 1)))
+
+
+def word_windows(words: tf.RaggedTensor, preprocessor: Any, seq_length: int,
+                 cases: bool = False) -> Windows:
     """Pre-split words ``[texts, (words)]`` → BERT inputs in windows of ``seq_length - 2`` pieces
     (see the module docstring); a word without pieces (control characters only) becomes
-    ``[UNK]``. Graph-compatible: the export runs this exact function."""
+    ``[UNK]``. With ``cases``, the inputs also hold ``input_case_ids``: each piece's word's
+    ``word_cases``. Graph-compatible: the export runs this exact function."""
     budget, unknown_id = seq_length - 2, unknown_piece_id(preprocessor)
     pieces = preprocessor.tokenize(words.flat_values).merge_dims(1, 2)  # [words, (pieces)]
     empty = tf.cast(pieces.row_lengths() == 0, tf.int64)
@@ -177,6 +196,11 @@ def word_windows(words: tf.RaggedTensor, preprocessor: Any, seq_length: int) -> 
     one_per_word = tf.ones_like(windows.values, dtype=windows.row_splits.dtype)
     windows = windows.with_values(tf.RaggedTensor.from_row_lengths(windows.values, one_per_word))
     inputs = preprocessor.bert_pack_inputs([windows], seq_length=tf.constant(seq_length))
+    if cases:
+        places = tf.stack([piece_window, position % budget + 1], axis=1)
+        inputs["input_case_ids"] = tf.scatter_nd(
+            places, tf.repeat(word_cases(words.flat_values), pieces.row_lengths()),
+            tf.stack([total, seq_length]))
     word_text = words.value_rowids()
     start = pieces.row_splits[:-1] - tf.gather(text_splits, word_text)
     first_piece = tf.stack([tf.gather(offsets, word_text) + start // budget,
@@ -186,18 +210,20 @@ def word_windows(words: tf.RaggedTensor, preprocessor: Any, seq_length: int) -> 
 
 
 def make_tagging_examples(sentences: list[Sentence], tag_names: list[str], preprocessor: Any,
-                          seq_length: int, split: str = "") -> tf.data.Dataset:
+                          seq_length: int, split: str = "", cases: bool = False
+                          ) -> tf.data.Dataset:
     """One example per window: (BERT inputs of its length, labels ``[length, 3]``), where a
     labelled position (a word's first piece) holds ``(tag id, word number, sentence number)``
-    in the split, and every other position ``-1``. Prints how many sentences were cut into
-    windows and how many words had no word piece."""
+    in the split, and every other position ``-1``; ``cases`` adds ``input_case_ids``
+    (``word_windows``). Prints how many sentences were cut into windows and how many words had
+    no word piece."""
     ids = {tag: i for i, tag in enumerate(tag_names)}
     unknown_id = unknown_piece_id(preprocessor)
     inputs, labels, word, cut, unknown = {}, [], 0, 0, 0
     for begin in range(0, len(sentences), _BATCH):
         batch = sentences[begin:begin + _BATCH]
         windows = word_windows(tf.ragged.constant([s.words for s in batch]), preprocessor,
-                               seq_length)
+                               seq_length, cases)
         packed = {k: v.numpy() for k, v in windows.inputs.items()}
         lengths = packed["input_mask"].sum(axis=1)
         label = np.full(packed["input_word_ids"].shape + (3,), -1, np.int64)

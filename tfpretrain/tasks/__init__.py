@@ -2,7 +2,8 @@
 
 Each task type is one module with one class that supplies the same few things (see
 ``SingleLabelClassification`` in ``classification.py``, ``Regression`` in ``regression.py``,
-``MultiLabelClassification`` in ``multilabel.py``):
+``MultiLabelClassification`` in ``multilabel.py``; ``TokenClassification`` in ``tagging.py``,
+whose answers are per word and whose export is ``export_token_classifier``):
 
 * ``build_head(dropout, seed, hidden_units)``: the Keras head (layer name ``classifier``);
 * ``loss(labels, outputs) -> (per-example losses, weights)``: what the training loop minimises;
@@ -26,7 +27,8 @@ def higher_is_better(metric: str) -> bool:
 
 def make_task(task: str, label_names: list[str]):
     """The task type object for ``task`` (``classification``, ``regression``, ``multilabel``,
-    as ``tfpretrain.load_text_data`` reports it) over ``label_names``.
+    as ``tfpretrain.load_text_data`` reports it; ``tagging``, with IOB2 tag names) over
+    ``label_names``.
 
     Example:
         >>> make_task("multilabel", ["LOC", "PER"]).best_metric
@@ -35,11 +37,15 @@ def make_task(task: str, label_names: list[str]):
     from tfpretrain.tasks.classification import SingleLabelClassification
     from tfpretrain.tasks.multilabel import MultiLabelClassification
     from tfpretrain.tasks.regression import Regression
+    from tfpretrain.tasks.tagging import TokenClassification
 
+    if task == "tagging":
+        return TokenClassification(label_names)
     if task == "regression":
         return Regression()
     if task == "multilabel":
         return MultiLabelClassification(label_names)
     if task == "classification":
         return SingleLabelClassification(label_names)
-    raise ValueError(f"unknown task {task!r}: classification, regression or multilabel")
+    raise ValueError(f"unknown task {task!r}: classification, regression, multilabel or "
+                     "tagging")

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from tfpretrain import heads, plots, report
 from tfpretrain.data.conll import chunks
+from tfpretrain.data.pipeline import trim_to_longest
 from tfpretrain.tasks import higher_is_better
 
 NONE = "(none)"  # the confusion matrix's row/column for a span only one side has
@@ -183,8 +184,6 @@ class TokenClassification:
                            ) -> tf.RaggedTensor:
         """Tag probabilities ``[texts, (words), tags]`` of ``words``, from ``model`` on their
         ``windows`` (``tfpretrain.data.tagging.word_windows``): each word's first piece."""
-        from tfpretrain.export import trim_to_longest
-
         logits = model(trim_to_longest(windows.inputs), training=False)
         first = tf.gather_nd(logits, windows.first_piece)
         return tf.RaggedTensor.from_row_splits(

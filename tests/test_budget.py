@@ -39,3 +39,11 @@ def test_plan_says_what_it_chose_and_explicit_flags_win():
 def test_a_regression_is_said_to_have_a_score():
     assert budget.auto_epochs(4_249, 1, 133)[1] == ("4,249 examples, a score, at least 2 epochs "
                                                     "and 40 steps")
+
+
+def test_a_task_type_may_ask_for_more_epochs():
+    assert budget.auto_epochs(14_042, 4, 439, min_epochs=3) == (
+        3, "14,042 examples, 4 classes, at least 3 epochs and 80 steps")
+    config, _ = budget.plan(TrainConfig(), 439, 14_042, 4, min_epochs=3)
+    assert config.epochs == 3
+    assert budget.plan(TrainConfig(epochs=2), 439, 14_042, 4, 3)[0].epochs == 2

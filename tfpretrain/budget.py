@@ -2,7 +2,8 @@
 evaluate, when to stop.
 
 Small data and many classes need many passes; a large set needs few. The rule: train for at least
-``MIN_EPOCHS`` epochs and at least ``STEPS_PER_CLASS`` optimizer steps per class, but show the model
+``MIN_EPOCHS`` epochs (a task type may ask for more: ``min_epochs``, 3 for token classification)
+and at least ``STEPS_PER_CLASS`` optimizer steps per class, but show the model
 no more than ``MAX_EXAMPLES_SEEN`` examples (then at least one epoch) and no more than
 ``MAX_EPOCHS`` epochs. Evaluation runs about ``EVALS_PER_EPOCH`` times per epoch (never closer than
 ``MIN_EVAL_GAP`` steps, at least once per epoch); early stopping (``train.early_stopping_patience``,
@@ -28,12 +29,13 @@ MIN_EVAL_GAP = 100
 AUTO_PATIENCE = 3
 
 
-def auto_epochs(examples: int, classes: int, steps_per_epoch: int) -> tuple[int, str]:
+def auto_epochs(examples: int, classes: int, steps_per_epoch: int,
+                min_epochs: int = MIN_EPOCHS) -> tuple[int, str]:
     """The number of epochs for ``examples`` training examples of ``classes`` classes (1: a
     score), and why."""
     min_steps = STEPS_PER_CLASS * max(classes, 2)
-    epochs = max(MIN_EPOCHS, math.ceil(min_steps / max(steps_per_epoch, 1)))
-    reason = f"at least {MIN_EPOCHS} epochs and {min_steps:,} steps"
+    epochs = max(min_epochs, math.ceil(min_steps / max(steps_per_epoch, 1)))
+    reason = f"at least {min_epochs} epochs and {min_steps:,} steps"
     most = min(MAX_EPOCHS, max(1, MAX_EXAMPLES_SEEN // max(examples, 1)))
     if epochs > most:
         epochs = most
@@ -50,13 +52,13 @@ def auto_eval_every(steps_per_epoch: int) -> int:
     return 0 if every >= steps_per_epoch else every
 
 
-def plan(config: TrainConfig, steps_per_epoch: int, examples: int, classes: int
-         ) -> tuple[TrainConfig, str]:
+def plan(config: TrainConfig, steps_per_epoch: int, examples: int, classes: int,
+         min_epochs: int = MIN_EPOCHS) -> tuple[TrainConfig, str]:
     """``config`` with its automatic values decided, and the line that says what was chosen
     (empty when nothing was automatic)."""
     said = []
     if not config.epochs and not config.max_steps:
-        epochs, why = auto_epochs(examples, classes, steps_per_epoch)
+        epochs, why = auto_epochs(examples, classes, steps_per_epoch, min_epochs)
         config = dataclasses.replace(config, epochs=epochs)
         said.append(f"epochs auto: {epochs} ({why})")
         if not config.eval_every:

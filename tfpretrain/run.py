@@ -196,7 +196,8 @@ class Run:
         examples = self.split_sizes.get("train",
                                         self.steps_per_epoch * config.global_batch_size)
         config, budget_line = budget.plan(config, self.steps_per_epoch, examples,
-                                          getattr(self.task, "num_classes", 2))
+                                          getattr(self.task, "num_classes", 2),
+                                          getattr(self.task, "min_epochs", budget.MIN_EPOCHS))
         total = config.total_steps(self.steps_per_epoch)
         with self.strategy.scope():
             optimizer = build_optimizer(config, total)

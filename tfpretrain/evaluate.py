@@ -16,6 +16,16 @@ import tensorflow as tf
 _FORWARD = weakref.WeakKeyDictionary()
 
 
+def forward_function(model: keras.Model):
+    """The model's compiled inference-mode forward pass, made once per model and reused by every
+    evaluation of a run."""
+    if model not in _FORWARD:
+        ref = weakref.ref(model)  # the function must not keep the model alive
+        _FORWARD[model] = tf.function(lambda inputs: ref()(inputs, training=False),
+                                      reduce_retracing=True)
+    return _FORWARD[model]
+
+
 def predict_outputs(model: keras.Model, batches: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """``(outputs [N, ...], labels [N, ...])`` of ``model`` on a dataset of ``(inputs, labels)``
     batches, in inference mode.
@@ -23,11 +33,7 @@ def predict_outputs(model: keras.Model, batches: tf.data.Dataset) -> tuple[np.nd
     Example:
         >>> logits, labels = predict_outputs(model, batches)  # doctest: +SKIP
     """
-    if model not in _FORWARD:
-        ref = weakref.ref(model)  # the function must not keep the model alive
-        _FORWARD[model] = tf.function(lambda inputs: ref()(inputs, training=False),
-                                      reduce_retracing=True)
-    forward = _FORWARD[model]
+    forward = forward_function(model)
     outputs, labels = [], []
     for inputs, y in batches:
         outputs.append(forward(inputs).numpy())

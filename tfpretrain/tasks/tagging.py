@@ -4,7 +4,6 @@ and seqeval score it (an entity counts when its type and both ends match)."""
 from __future__ import annotations
 
 import os
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +14,7 @@ import tensorflow as tf
 from tfpretrain import heads, plots, report
 from tfpretrain.data.conll import chunks
 from tfpretrain.data.pipeline import trim_to_longest
+from tfpretrain.evaluate import forward_function
 from tfpretrain.tasks import higher_is_better
 
 NONE = "(none)"  # the confusion matrix's row/column for a span only one side has
@@ -64,17 +64,6 @@ def _scores(correct, predicted, gold):
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-_FORWARD = weakref.WeakKeyDictionary()
-
-
-def _forward(model):
-    if model not in _FORWARD:
-        ref = weakref.ref(model)
-        _FORWARD[model] = tf.function(lambda inputs: ref()(inputs, training=False),
-                                      reduce_retracing=True)
-    return _FORWARD[model]
-
-
 class TokenClassification:
     """One of ``tag_names`` (IOB2, ``O`` first) per word: logits ``[batch, seq, tags]``, softmax
     cross-entropy on each word's first piece (labels ``[batch, seq, 3]`` from
@@ -122,7 +111,7 @@ class TokenClassification:
     def word_predictions(self, model: keras.Model, batches: tf.data.Dataset
                          ) -> tuple[list[list[str]], list[list[str]], float]:
         """Gold and predicted tags per sentence (in split order) and the mean loss per word."""
-        forward, rows, loss_sum = _forward(model), [], 0.0
+        forward, rows, loss_sum = forward_function(model), [], 0.0
         for inputs, labels in batches:
             logits = tf.cast(forward(inputs), tf.float32)
             labels = labels.numpy()

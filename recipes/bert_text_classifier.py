@@ -27,21 +27,19 @@ option = tp.config.option
 
 
 @dataclasses.dataclass
-class BertModelConfig:
-    encoder: str = option("preset name, local dir, gs:// path or tfhub.dev/Kaggle URL of a "
-                          "TF Hub-format BERT encoder; or hf://org/model or a KerasHub preset name "
-                          "(converted once)", "minilm_l6")
-    preprocessor: str = option("matching TF Hub-format preprocessor ('' = the preset's)", "")
+class BertModelConfig(tp.config.BertEncoderConfig):
     seq_length: int = option("maximum tokens per example (batches are padded to their own longest "
                              "example); 0 = the preset's (256), else 256 or the encoder's "
                              "positions if fewer", 0)
     truncation: str = option("tokens kept of longer texts: 'head' (the first seq_length) or "
                              "'head_tail' (a quarter from the start, the rest from the end)",
                              "head_tail", tp.TRUNCATIONS)
-    trainable: bool = option("fine-tune the encoder (false: train the head only)", True)
     pooling: str = option("'mean' (masked mean of sequence_output) or 'pooled' (pooled_output)",
                           "mean", tp.POOLINGS)
     dropout: float = option("dropout before the classification layer", 0.1)
+    case_segments: bool = option("single texts: give the word pieces of capitalised words "
+                                 "segment id 1 (casing, which an uncased encoder cannot see)",
+                                 False)
     task: str = tp.task_option()
 
 
@@ -59,13 +57,17 @@ def main(cfg):
     if cfg.export.tflite and data.task != "classification":
         raise tp.config.ConfigError("export.tflite scores single-label classifiers; this task "
                                     f"is {data.task}: set export.tflite=false")
+    if m.case_segments and data.pairs:
+        raise tp.config.ConfigError("model.case_segments is for single texts: a pair's segment "
+                                    "ids already tell its two texts apart")
     with run.scope():
         encoder = tp.load_bert_encoder(m.encoder, m.preprocessor, m.trainable, m.seq_length,
                                        m.pooling)
         model = tp.build_bert_classifier(encoder.layer, run.task.num_classes, encoder.pooling,
                                          m.dropout, seed=cfg.train.seed)
     seq, datasets = encoder.seq_length, data.datasets
-    examples = run.cache({s: tp.tokenize_texts(d, encoder.preprocessor, seq, m.truncation)
+    examples = run.cache({s: tp.tokenize_texts(d, encoder.preprocessor, seq, m.truncation,
+                                             m.case_segments)
                           for s, d in datasets.items()})
 
     def batches(split, epoch=None, skip=0):
@@ -85,9 +87,10 @@ def main(cfg):
     inputs = ("text_a", "text_b") if data.pairs else ("text",)
     export = tp.Export(
         write=lambda path: tp.export_text_classifier(model, None, path, encoder.preprocessor,
-                                                     seq, m.truncation, run.task, inputs),
+                                                     seq, m.truncation, run.task, inputs,
+                                                     m.case_segments),
         check_inputs=texts, input_name=inputs, model_inputs=lambda batch: tp.pack_texts(
-            encoder.preprocessor, tp.text_batch(batch), seq, m.truncation),
+            encoder.preprocessor, tp.text_batch(batch), seq, m.truncation, m.case_segments),
         after=lambda _, results: _export_tflite(model, encoder, datasets, cfg, run, results))
     run.finish(model, state, test=batches("test") if "test" in examples else None, export=export,
                report={"title": f"Text classifier: {m.encoder} on "
@@ -95,7 +98,8 @@ def main(cfg):
                        "encoder": {"encoder": tp.zoo.describe(m.encoder),
                                    "preprocessor": f"`{encoder.preprocessor_handle}`",
                                    "input": f"{seq} tokens, {m.truncation} truncation, "
-                                            f"{encoder.pooling} pooling",
+                                            f"{encoder.pooling} pooling"
+                                            + (", case segments" if m.case_segments else ""),
                                    "trainable parameters":
                                        f"{tp.count_parameters(model.trainable_variables):,}"},
                        "example_inputs": texts[:2]})
@@ -107,7 +111,7 @@ def _export_tflite(model, encoder, datasets, cfg, run, results):
         return {}
     results["tflite"] = tp.tflite.export_and_score(
         model, os.path.join(run.workdir, "tflite"), encoder, datasets, cfg.model.truncation,
-        cfg.export.tflite_calibration, cfg.train.seed)
+        cfg.export.tflite_calibration, cfg.train.seed, cfg.model.case_segments)
     return {"tflite": "tflite/"}
 
 

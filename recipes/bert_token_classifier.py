@@ -26,14 +26,9 @@ option = tp.config.option
 
 
 @dataclasses.dataclass
-class TokenModelConfig:
-    encoder: str = option("preset name, local dir, gs:// path or tfhub.dev/Kaggle URL of a "
-                          "TF Hub-format BERT encoder; or hf://org/model or a KerasHub preset name "
-                          "(converted once)", "minilm_l6")
-    preprocessor: str = option("matching TF Hub-format preprocessor ('' = the preset's)", "")
+class TokenModelConfig(tp.config.BertEncoderConfig):
     seq_length: int = option("tokens per window: a longer sentence is cut into consecutive "
                              "windows of seq_length - 2 word pieces (no word dropped)", 128)
-    trainable: bool = option("fine-tune the encoder (false: train the head only)", True)
     dropout: float = option("dropout before the tag layer", 0.1)
     case_segments: bool = option("give the word pieces of capitalised words segment id 1: "
                                  "casing, which an uncased encoder cannot see (measured: +1.3 "

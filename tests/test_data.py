@@ -7,7 +7,13 @@ import tensorflow_datasets as tfds
 
 from tests.conftest import TOY_ROWS, write_csv
 from tfpretrain.data import tfds as tp_tfds
-from tfpretrain.data.pipeline import make_batches, pack_texts, padding_efficiency, tokenize_texts
+from tfpretrain.data.pipeline import (
+    TRUNCATIONS,
+    make_batches,
+    pack_texts,
+    padding_efficiency,
+    tokenize_texts,
+)
 from tfpretrain.data.text import TextDataConfig, make_text_datasets
 from tfpretrain.encoders.bert import load_bert_encoder
 
@@ -141,6 +147,23 @@ def test_head_tail_truncation_keeps_a_quarter_from_the_start_and_the_rest_from_t
     assert ids[1].tolist() == head[1].tolist()  # short texts are untouched
     with pytest.raises(ValueError, match="truncation"):
         pack_texts(loaded.preprocessor, texts, 18, "middle")
+
+
+def test_case_segments_mark_the_pieces_of_capitalised_words_and_keep_the_tokens(toy_bert):
+    pre = load_bert_encoder(*toy_bert).preprocessor
+    texts = tf.constant([" ".join(["Good"] * 10 + ["bad"] * 10 + ["FUN"] * 10), "good Film 42",
+                         ""])
+    for truncation in TRUNCATIONS:
+        plain = pack_texts(pre, texts, 18, truncation)
+        cased = tf.function(lambda t: pack_texts(pre, t, 18, truncation, cases=True))(texts)
+        assert (cased["input_word_ids"].numpy() == plain["input_word_ids"].numpy()).all()
+        assert (cased["input_mask"].numpy() == plain["input_mask"].numpy()).all()
+        types = cased["input_type_ids"].numpy()
+        good, bad = (4, 2) if truncation == "head_tail" else (10, 6)  # kept of the first text
+        assert types[0].tolist() == [0] + [1] * good + [0] * bad + [1] * (16 - good - bad) + [0]
+        assert types[1].tolist()[:5] == [0, 0, 1, 0, 0] and not types[2].any()
+    with pytest.raises(ValueError, match="segment ids"):
+        pack_texts(pre, (texts, texts), 18, cases=True)
 
 
 class _ToyText(tfds.core.GeneratorBasedBuilder, skip_registration=True):

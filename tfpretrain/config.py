@@ -101,6 +101,18 @@ class HeadFirstTrainConfig(TrainConfig):
                                    learning_rate=self.head_learning_rate)
 
 
+@dataclasses.dataclass
+class BertEncoderConfig:
+    """The model options of every recipe that fine-tunes a TF Hub-format BERT encoder; a recipe's
+    model config adds its own to these."""
+
+    encoder: str = option("preset name, local dir, gs:// path or tfhub.dev/Kaggle URL of a "
+                          "TF Hub-format BERT encoder; or hf://org/model or a KerasHub preset name "
+                          "(converted once)", "minilm_l6")
+    preprocessor: str = option("matching TF Hub-format preprocessor ('' = the preset's)", "")
+    trainable: bool = option("fine-tune the encoder (false: train the head only)", True)
+
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 

@@ -29,7 +29,7 @@ from tfpretrain.tasks.classification import SingleLabelClassification
 def export_text_classifier(model: keras.Model, label_names: list[str] | None, path: str,
                            preprocessor: Any = None, seq_length: int | None = None,
                            truncation: str = "head", task: Any = None,
-                           inputs: Sequence[str] = ("text",)) -> str:
+                           inputs: Sequence[str] = ("text",), cases: bool = False) -> str:
     """Writes a SavedModel whose ``serving_default`` takes raw strings: a 1-D batch of texts, or
     two (``inputs=("text_a", "text_b")``) for a model of sentence pairs.
 
@@ -53,7 +53,7 @@ def export_text_classifier(model: keras.Model, label_names: list[str] | None, pa
         label_names: class names, in logit order (ignored when ``task`` is given).
         path: output directory, written atomically.
         preprocessor: TF Hub-format BERT preprocessor that turns strings into the model's inputs.
-        seq_length, truncation: how the preprocessor packs long texts, as in training
+        seq_length, truncation, cases: how the preprocessor packs texts, as in training
             (see ``pack_texts``; pairs share ``seq_length`` round robin).
         task: the task type whose outputs ``serving_default`` returns (default: single-label
             classification over ``label_names``).
@@ -74,14 +74,15 @@ def export_text_classifier(model: keras.Model, label_names: list[str] | None, pa
     def model_inputs(*strings):
         if preprocessor is None:  # a model on strings: one, or {text_a, text_b}
             return dict(zip(inputs, strings)) if len(strings) == 2 else strings[0]
-        return trim_to_longest(pack_texts(preprocessor, texts(*strings), seq_length, truncation))
+        return trim_to_longest(pack_texts(preprocessor, texts(*strings), seq_length, truncation,
+                                          cases))
 
     endpoints = {"serving_default": (model_inputs, specs)}
     if preprocessor is not None:
         # What the TFLite models take: token ids padded to seq_length.
         endpoints["preprocess"] = (
-            lambda *strings: pack_texts(preprocessor, texts(*strings), seq_length, truncation),
-            specs)
+            lambda *strings: pack_texts(preprocessor, texts(*strings), seq_length, truncation,
+                                        cases), specs)
     task = task or SingleLabelClassification(label_names)
     return _write_model(model, task, path, endpoints, track=[preprocessor] if preprocessor else [])
 

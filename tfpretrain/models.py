@@ -49,7 +49,7 @@ def build_token_classifier(encoder_layer: keras.layers.Layer, num_tags: int,
     tags]``, a dense layer (the ``classifier`` head) on each position of ``sequence_output``.
 
     ``case_segments`` adds an input ``input_case_ids`` (how each piece's word is written,
-    ``tfpretrain.data.tagging.CASES``) and gives the pieces of capitalised words (Title, UPPER)
+    ``tfpretrain.data.pipeline.CASES``) and gives the pieces of capitalised words (Title, UPPER)
     segment id 1 in the encoder's input: the one thing an uncased encoder cannot see, through an
     embedding it already has. (On CoNLL-2003 with ``minilm_l6``: test entity F1 84.26 against
     82.98 without; a case embedding beside the encoder's output instead gave 82.96.)

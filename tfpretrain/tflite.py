@@ -138,18 +138,19 @@ def export_tflite(model: keras.Model, directory: str, seq_length: int,
 
 def export_and_score(model: keras.Model, directory: str, encoder: Any,
                      datasets: Mapping[str, tf.data.Dataset], truncation: str = "head",
-                     calibration: int = 100, seed: int = 0) -> dict[str, dict[str, Any]]:
+                     calibration: int = 100, seed: int = 0, cases: bool = False
+                     ) -> dict[str, dict[str, Any]]:
     """``export_tflite`` for a BERT classifier, then each model's accuracy through the TFLite
     interpreter; returns ``export_tflite``'s dict with ``accuracy`` and ``split`` added.
 
     ``encoder`` is the ``load_bert_encoder`` result (the preprocessor packs the texts; the
     sequence length and ``vocab.txt``); ``datasets`` are the ``(text, label_id)`` splits:
     ``calibration`` shuffled training examples calibrate int8, and the test split (else
-    validation) is scored."""
+    validation) is scored; ``truncation`` and ``cases`` pack the texts as in training."""
     def packed(dataset):
         texts, labels = zip(*dataset.as_numpy_iterator())
         inputs = pack_texts(encoder.preprocessor, text_batch(list(texts)), encoder.seq_length,
-                            truncation)
+                            truncation, cases)
         return {k: v.numpy() for k, v in inputs.items()}, np.array(labels)
 
     representative, _ = packed(datasets["train"].shuffle(100_000, seed=seed).take(calibration))

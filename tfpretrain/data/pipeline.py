@@ -40,8 +40,25 @@ def _check_truncation(truncation):
         raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
 
 
+# What an uncased encoder cannot see: how a word is written. 0 is [CLS], [SEP] and padding.
+CASES = ("none", "lower", "Title", "UPPER", "no letter")
+
+
+def word_cases(words: tf.Tensor) -> tf.Tensor:
+    """The ``CASES`` id of each word of ``words`` (int32).
+
+    Example:
+        >>> word_cases(tf.constant(["the", "Peter", "U.S.", "I", "1996-08-30", "iPhone"])).numpy()
+        array([1, 2, 3, 2, 4, 1], dtype=int32)
+    """
+    letter = tf.strings.regex_full_match(words, r".*\pL.*")
+    upper = tf.strings.regex_full_match(words, r"\PL*\p{Lu}[^\p{Ll}]*\p{Lu}[^\p{Ll}]*")
+    title = tf.strings.regex_full_match(words, r"\PL*\p{Lu}.*")
+    return tf.where(~letter, 4, tf.where(upper, 3, tf.where(title, 2, 1)))
+
+
 def pack_texts(preprocessor: Any, texts: tf.Tensor | tuple, seq_length: int,
-               truncation: str = "head") -> dict[str, tf.Tensor]:
+               truncation: str = "head", cases: bool = False) -> dict[str, tf.Tensor]:
     """A batch of strings, or a pair of batches ``(texts_a, texts_b)``, → padded BERT inputs,
     with a TF Hub-format preprocessor (graph or eager).
 
@@ -49,15 +66,35 @@ def pack_texts(preprocessor: Any, texts: tf.Tensor | tuple, seq_length: int,
     (the first ones) or ``"head_tail"`` (a quarter from the start, the rest from the end). A pair
     is packed as ``[CLS] a [SEP] b [SEP]`` (segment ids 0, then 1) and shares the budget round
     robin, as TF Hub preprocessors do: the longer text gives up tokens from its end first.
+
+    ``cases`` (single texts only) gives the pieces of capitalised words (``word_cases`` Title or
+    UPPER; words split at whitespace) segment id 1: casing, which an uncased encoder cannot see.
     """
     _check_truncation(truncation)
     if isinstance(texts, (tuple, list)):
+        if cases:
+            raise ValueError("cases: a pair's segment ids already tell its two texts apart")
         segments = [preprocessor.tokenize(t) for t in texts]
         return preprocessor.bert_pack_inputs(segments, seq_length=tf.constant(seq_length))
-    tokens = preprocessor.tokenize(texts)
+    if cases:  # tokenised word by word: the same pieces, each with its word's case
+        words = tf.strings.split(texts)
+        pieces = preprocessor.tokenize(words.flat_values).merge_dims(-2, -1)
+        tokens = tf.RaggedTensor.from_row_splits(pieces, words.row_splits)
+        case = word_cases(words.flat_values)
+        capital = tf.cast((case == 2) | (case == 3), tokens.dtype)  # Title, UPPER
+        capital = tokens.with_flat_values(tf.repeat(capital, pieces.row_lengths()))
+    else:
+        tokens = preprocessor.tokenize(texts)
     if truncation == "head_tail":
         tokens = _keep_head_and_tail(tokens, seq_length - 2)
-    return preprocessor.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length))
+        capital = _keep_head_and_tail(capital, seq_length - 2) if cases else None
+    inputs = preprocessor.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length))
+    if cases:  # [CLS] and [SEP] keep 0, as bert_pack_inputs truncates: the first pieces kept
+        capital = capital.merge_dims(-2, -1)[:, :seq_length - 2]
+        edge = tf.zeros_like(capital[:, :1])
+        inputs["input_type_ids"] = tf.cast(tf.concat([edge, capital, edge], axis=1).to_tensor(
+            shape=[None, seq_length]), inputs["input_type_ids"].dtype)
+    return inputs
 
 
 def trim_to_longest(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -89,7 +126,7 @@ def text_batch(texts: list) -> tf.Tensor | tuple[tf.Tensor, tf.Tensor]:
 
 
 def tokenize_texts(dataset: tf.data.Dataset, preprocessor: Any, seq_length: int,
-                   truncation: str = "head") -> tf.data.Dataset:
+                   truncation: str = "head", cases: bool = False) -> tf.data.Dataset:
     """(text or (text_a, text_b), label) → ({input_word_ids, input_mask, input_type_ids},
     label), unpadded (see ``pack_texts``).
 
@@ -101,7 +138,7 @@ def tokenize_texts(dataset: tf.data.Dataset, preprocessor: Any, seq_length: int,
     _check_truncation(truncation)  # here, not inside dataset.map, where errors lose their message
 
     def pack(texts, labels):
-        return pack_texts(preprocessor, texts, seq_length, truncation), labels
+        return pack_texts(preprocessor, texts, seq_length, truncation, cases), labels
 
     def unpad(inputs, label):
         length = tf.reduce_sum(inputs["input_mask"])

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tfpretrain.config import DatasetConfig, option
 from tfpretrain.data.conll import SCHEMES, Sentence, read_conll, read_tagged_jsonl, to_iob2
+from tfpretrain.data.pipeline import CASES, word_cases  # noqa: F401 (re-exported)
 from tfpretrain.data.rows import INVALID_UTF8, decode
 from tfpretrain.data.tfds import DataError
 
@@ -153,23 +154,6 @@ class Windows(NamedTuple):
     inputs: dict[str, tf.Tensor]
     first_piece: tf.Tensor
     window_text: tf.Tensor
-
-
-# What an uncased encoder cannot see: how a word is written. 0 is [CLS], [SEP] and padding.
-CASES = ("none", "lower", "Title", "UPPER", "no letter")
-
-
-def word_cases(words: tf.Tensor) -> tf.Tensor:
-    """The ``CASES`` id of each word of ``words`` (int32).
-
-    Example:
-        >>> word_cases(tf.constant(["the", "Peter", "U.S.", "I", "1996-08-30", "iPhone"])).numpy()
-        array([1, 2, 3, 2, 4, 1], dtype=int32)
-    """
-    letter = tf.strings.regex_full_match(words, r".*\pL.*")
-    upper = tf.strings.regex_full_match(words, r"\PL*\p{Lu}[^\p{Ll}]*\p{Lu}[^\p{Ll}]*")
-    title = tf.strings.regex_full_match(words, r"\PL*\p{Lu}.*")
-    return tf.where(~letter, 4, tf.where(upper, 3, tf.where(title, 2, 1)))
 
 
 def word_windows(words: tf.RaggedTensor, preprocessor: Any, seq_length: int,

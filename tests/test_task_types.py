@@ -1,5 +1,6 @@
 """Sentence pairs, regression and multi-label: data, task metrics, and the recipe end to end."""
 
+import dataclasses
 import json
 import os
 import re
@@ -53,6 +54,20 @@ def test_pairs_and_the_task_are_read_from_the_columns(pair_files):
     assert regression.task == "regression" and regression.label_names == []
     _, score = next(iter(regression.datasets["validation"]))
     assert score.dtype == tf.float32 and float(score) == 5.0  # row 0: two positive texts
+
+
+def test_swap_pairs_adds_each_training_pair_in_the_other_order(pair_files):
+    config = TextDataConfig(train_file=pair_files["train"], test_file=pair_files["test"],
+                            text_key="sentence1,sentence2")
+    plain = list(load_text_data(config).datasets["train"].as_numpy_iterator())
+    swapped = load_text_data(dataclasses.replace(config, swap_pairs=True)).datasets
+    train = list(swapped["train"].as_numpy_iterator())
+    assert train == plain + [((b, a), y) for (a, b), y in plain]
+    test = list(load_text_data(config).datasets["test"].as_numpy_iterator())
+    assert list(swapped["test"].as_numpy_iterator()) == test  # only training pairs are added
+    with pytest.raises(DataError, match="swap_pairs=true needs pairs"):
+        load_text_data(TextDataConfig(train_file=pair_files["train"], text_key="sentence1",
+                                      swap_pairs=True))
 
 
 def test_task_inference_and_the_conll_entity_types():

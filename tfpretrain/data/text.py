@@ -45,6 +45,9 @@ class TextDataConfig(DatasetConfig):
                            "question1,question2 / premise,hypothesis / question,sentence, else "
                            "text, sentence, description, ...); two names for a pair", "")
     label_key: str = option("label feature/column", "label")
+    swap_pairs: bool = option("pairs: also train on each pair in the other order (b, a), for "
+                              "symmetric tasks such as paraphrase and similarity (not entailment)",
+                              False)
     invalid_utf8: str = option("invalid UTF-8 in local files: 'replace' (with U+FFFD, counted in "
                                "the log) or 'error'", "replace", INVALID_UTF8)
 
@@ -300,6 +303,11 @@ def load_text_data(config: TextDataConfig, task: str = "auto") -> TextData:
         raise DataError(f"model.task must be one of {TASKS}, got {task!r}")
     data = _from_files(config, task) if config.train_file else _from_tfds(config, task)
     _require_classes(data.task, data.label_names)
+    if config.swap_pairs:
+        if not data.pairs:
+            raise DataError("data.swap_pairs=true needs pairs (data.text_key=a,b)")
+        train = data.datasets["train"]
+        data.datasets["train"] = train.concatenate(train.map(lambda t, y: ((t[1], t[0]), y)))
     for split, dataset in data.datasets.items():
         if not any(True for _ in dataset.take(1)):
             raise DataError(f"the {split} split is empty (data.{split}_split / data.{split}_file)")

@@ -4,9 +4,11 @@ took, what it scored, beside the published reference.
 Runs ``python -m recipes.bert_text_classifier`` with its default flags (only the data flags
 differ) on BBC News (the TFDS builder), SST-2, HWU64, MRPC (pairs), STS-B (pairs, regression) and
 CoNLL-2003's entity types per sentence (multi-label) from ``../shared/data/``, and
-``python -m recipes.bert_token_classifier`` on CoNLL-2003's named entities, and prints one
-Markdown table. Each run has its own work directory under ``--workdir``; a finished run is read,
-not repeated (delete its directory to rerun), so the script can be stopped and restarted.
+``python -m recipes.bert_token_classifier`` on CoNLL-2003's named entities and
+``python -m recipes.use_text_classifier --model.trainable=true`` on STS-B (``stsb_sentence``: the
+sentence encoder fine-tuned, beside its untrained cosine), and prints one Markdown table. Each
+run has its own work directory under ``--workdir``; a finished run is read, not repeated (delete
+its directory to rerun), so the script can be stopped and restarted.
 
     python -m benchmarks.datasets                       # all datasets (hours on a 2-core CPU)
     python -m benchmarks.datasets --only hwu64 --extra=--train.max_minutes=25
@@ -40,6 +42,12 @@ DATASETS = {
               f"--data.test_file={DATA}/stsb/test.tsv", "--data.text_key=sentence1,sentence2",
               "--data.label_key=score"], "test",
              "BERT-base 89.0 (Pearson/Spearman avg.); all-MiniLM-L6-v2 cosine, no training: 82.0"),
+    # The sentence-encoder recipe fine-tuned as a bi-encoder (Sentence-BERT's features of u, v).
+    "stsb_sentence": ([f"--data.train_file={DATA}/stsb/train.tsv",
+                       f"--data.validation_file={DATA}/stsb/dev.tsv",
+                       f"--data.test_file={DATA}/stsb/test.tsv",
+                       "--data.text_key=sentence1,sentence2", "--data.label_key=score",
+                       "--model.trainable=true"], "test", "BERT-base 89.0 (cross-encoder)"),
     "conll_types": ([f"--data.train_file={DATA}/conll2003/train.txt",
                      f"--data.validation_file={DATA}/conll2003/dev.txt",
                      f"--data.test_file={DATA}/conll2003/test.txt", "--data.format=conll"],
@@ -49,7 +57,8 @@ DATASETS = {
                    f"--data.test_file={DATA}/conll2003/test.txt"], "test",
                   "sentence-level BERT-base 91–92, DistilBERT ~90 (entity F1)"),
 }
-RECIPES = {"conll_ner": "bert_token_classifier"}  # the others: bert_text_classifier
+RECIPES = {"conll_ner": "bert_token_classifier",  # the others: bert_text_classifier
+           "stsb_sentence": "use_text_classifier"}
 
 # The headline metric of each task type: (key in metrics.json, the second figure shown beside it)
 HEADLINE = {"classification": ("accuracy", "f1"), "regression": ("spearman", "pearson"),
@@ -85,6 +94,8 @@ def row(name, metrics, timing):
     stopped = metrics.get("stopped_by") or "end of schedule"
     shown = f"{main_metric} {100 * test[main_metric]:.2f}" + (
         f", {second} {100 * test[second]:.2f}" if second in test else "")
+    if "cosine_baseline" in metrics:  # the sentence encoder's zero-training baseline
+        shown += f"; untrained cosine {100 * metrics['cosine_baseline'][main_metric]:.2f}"
     return [name, f"{metrics['split_sizes']['train']:,}",
             len(metrics.get("label_names", metrics.get("entity_types", []))) or "score",
             budget.get("epochs", "—"),

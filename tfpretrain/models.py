@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from tfpretrain import heads
+from tfpretrain.data.pipeline import CAPITALISED
 from tfpretrain.encoders.bert import INPUT_NAMES
 from tfpretrain.encoders.image import build_resnet, scale_to_unit_range
 
@@ -63,7 +64,7 @@ def build_token_classifier(encoder_layer: keras.layers.Layer, num_tags: int,
         case = inputs["input_case_ids"] = keras.Input((None,), dtype="int32",
                                                       name="input_case_ids")
         encoder_inputs["input_type_ids"] = keras.ops.cast(keras.ops.logical_or(
-            keras.ops.equal(case, 2), keras.ops.equal(case, 3)), "int32")  # Title, UPPER
+            keras.ops.equal(case, CAPITALISED[0]), keras.ops.equal(case, CAPITALISED[1])), "int32")
     sequence = encoder_layer(encoder_inputs)["sequence_output"]
     logits = heads.build_classification_head(num_tags, dropout, seed=seed)(sequence)
     return keras.Model(inputs, logits, name="bert_token_classifier")

@@ -42,6 +42,8 @@ def _check_truncation(truncation):
 
 # What an uncased encoder cannot see: how a word is written. 0 is [CLS], [SEP] and padding.
 CASES = ("none", "lower", "Title", "UPPER", "no letter")
+# The cases whose word pieces get segment id 1 with case segments.
+CAPITALISED = (CASES.index("Title"), CASES.index("UPPER"))
 
 
 def word_cases(words: tf.Tensor) -> tf.Tensor:
@@ -81,13 +83,14 @@ def pack_texts(preprocessor: Any, texts: tf.Tensor | tuple, seq_length: int,
         pieces = preprocessor.tokenize(words.flat_values).merge_dims(-2, -1)
         tokens = tf.RaggedTensor.from_row_splits(pieces, words.row_splits)
         case = word_cases(words.flat_values)
-        capital = tf.cast((case == 2) | (case == 3), tokens.dtype)  # Title, UPPER
+        capital = tf.cast((case == CAPITALISED[0]) | (case == CAPITALISED[1]), tokens.dtype)
         capital = tokens.with_flat_values(tf.repeat(capital, pieces.row_lengths()))
     else:
         tokens = preprocessor.tokenize(texts)
     if truncation == "head_tail":
         tokens = _keep_head_and_tail(tokens, seq_length - 2)
-        capital = _keep_head_and_tail(capital, seq_length - 2) if cases else None
+        if cases:
+            capital = _keep_head_and_tail(capital, seq_length - 2)
     inputs = preprocessor.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length))
     if cases:  # [CLS] and [SEP] keep 0, as bert_pack_inputs truncates: the first pieces kept
         capital = capital.merge_dims(-2, -1)[:, :seq_length - 2]

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from tfpretrain.config import DatasetConfig, option
 from tfpretrain.data.conll import SCHEMES, Sentence, read_conll, read_tagged_jsonl, to_iob2
-from tfpretrain.data.pipeline import CASES, word_cases  # noqa: F401 (re-exported)
+from tfpretrain.data.pipeline import word_cases
 from tfpretrain.data.rows import INVALID_UTF8, decode
 from tfpretrain.data.tfds import DataError
 

@@ -51,6 +51,10 @@ def parse_args(argv=None):
     runtime.add_argument("--jit-compile", action="store_true")
     runtime.add_argument("--precision", default="float32",
                          help="tp.set_precision policy (default: %(default)s)")
+    runtime.add_argument("--implementation", default="saved_model",
+                         choices=("saved_model", "keras"),
+                         help="the encoder: restored SavedModel or Keras-native KerasHub "
+                              "backbone (default: %(default)s)")
     runtime.add_argument("--deterministic", action="store_true",
                          help="deterministic TensorFlow ops (the recipes' default; slower)")
     args = parser.parse_args(argv)
@@ -90,13 +94,17 @@ def run_tfpretrain(texts, labels, args):
     # Before the clock: the encoder and the model.
     strategy = tp.build_strategy("auto")
     with strategy.scope():
-        encoder = tp.load_bert_encoder(common.PRESET, trainable=True, seq_length=seq)
+        implementation = ({"implementation": args.implementation}
+                          if args.implementation != "saved_model" else {})
+        encoder = tp.load_bert_encoder(common.PRESET, trainable=True, seq_length=seq,
+                                       **implementation)
         model = tp.build_bert_classifier(encoder.layer, 2, encoder.pooling, 0.1, seed=SEED)
     config = TrainConfig(epochs=1, global_batch_size=batch, learning_rate=LEARNING_RATE,
                          weight_decay=WEIGHT_DECAY, warmup_fraction=WARMUP, clip_norm=CLIP_NORM,
                          checkpoint_every=10 ** 9, seed=SEED)
     common.log(f"tfpretrain: training {len(texts)} examples, batch {batch}, {seq} tokens, "
-               f"pooling {encoder.pooling}, fit options {options} ...")
+               f"pooling {encoder.pooling}, fit options {options}, encoder "
+               f"{getattr(encoder, 'implementation', 'restored SavedModel')} ...")
     with tempfile.TemporaryDirectory() as workdir:
         start = time.perf_counter()
         raw = tf.data.Dataset.from_tensor_slices((tf.constant(texts),
@@ -120,6 +128,7 @@ def run_tfpretrain(texts, labels, args):
     return {"wall_seconds": wall, "tokenize_seconds": tokenized - start,
             "fit_seconds": state.seconds, "steps": state.step, "batch_stats": stats,
             "fit_options": options, "precision": args.precision,
+            "implementation": args.implementation,
             "deterministic": args.deterministic, "pooling": encoder.pooling}
 
 
@@ -177,7 +186,8 @@ def main(argv=None):
                      f"{100 * r['useful_flops_fraction']:.1f}%", f"{r['wall_seconds']:.1f}"])
     print()
     print(f"SST-2 fine-tuning, {len(texts)} examples, batch {args.batch_size}, "
-          f"{args.seq_length} tokens, fp32, one epoch; peak fp32 matmul {peak / 1e9:.1f} GFLOP/s")
+          f"{args.seq_length} tokens, one epoch; tfpretrain {args.implementation} encoder, "
+          f"{args.precision}; peak fp32 matmul {peak / 1e9:.1f} GFLOP/s")
     print(common.markdown_table(header, rows))
     print()
     common.write_json(args.output, {

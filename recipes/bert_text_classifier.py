@@ -62,7 +62,7 @@ def main(cfg):
                                     "ids already tell its two texts apart")
     with run.scope():
         encoder = tp.load_bert_encoder(m.encoder, m.preprocessor, m.trainable, m.seq_length,
-                                       m.pooling)
+                                       m.pooling, m.implementation, m.lora_rank)
         model = tp.build_bert_classifier(encoder.layer, run.task.num_classes, encoder.pooling,
                                          m.dropout, seed=cfg.train.seed)
     seq, datasets = encoder.seq_length, data.datasets
@@ -80,7 +80,8 @@ def main(cfg):
                         if "validation" in examples else None, config=cfg.train)
     state = run.train(model, lambda epoch, skip: batches("train", epoch, skip),
                       validation=batches("validation") if "validation" in examples else None,
-                      details=f"encoder {m.encoder} | seq_length {seq} | "
+                      details=f"encoder {m.encoder}: {encoder.implementation} | "
+                              f"seq_length {seq} | "
                               f"{run.task.describe_labels()}")
     split = "test" if "test" in datasets else "validation"
     texts = tp.decode_texts(t for t, _ in datasets[split].take(8).as_numpy_iterator())

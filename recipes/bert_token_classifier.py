@@ -50,7 +50,8 @@ def main(cfg):
     print(f"tags: {data.scheme} in the data, trained as IOB2; entity types "
           f"{', '.join(run.task.entity_types)}", flush=True)
     with run.scope():
-        encoder = tp.load_bert_encoder(m.encoder, m.preprocessor, m.trainable, m.seq_length)
+        encoder = tp.load_bert_encoder(m.encoder, m.preprocessor, m.trainable, m.seq_length,
+                                       implementation=m.implementation, lora_rank=m.lora_rank)
         model = tp.build_token_classifier(encoder.layer, len(data.tag_names), m.dropout,
                                           seed=cfg.train.seed,
                                           case_segments=m.case_segments)
@@ -67,7 +68,8 @@ def main(cfg):
 
     state = run.train(model, lambda epoch, skip: batches("train", epoch, skip),
                       validation=batches("validation"),
-                      details=f"encoder {m.encoder} | seq_length {seq} | "
+                      details=f"encoder {m.encoder}: {encoder.implementation} | "
+                              f"seq_length {seq} | "
                               f"{run.task.describe_labels()}")
     split = "test" if "test" in data.sentences else "validation"
     texts = [" ".join(s.words) for s in data.sentences[split][:8]]

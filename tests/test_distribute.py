@@ -96,12 +96,15 @@ def _digest(log):
 
 
 @pytest.mark.slow  # two recipe runs, one on 2 logical CPUs
-@pytest.mark.parametrize("task", ["single_label", "pair_regression"])
+@pytest.mark.parametrize("task, implementation", [("single_label", "saved_model"),
+                                                  ("pair_regression", "saved_model"),
+                                                  ("single_label", "keras")])
 def test_mirrored_on_two_cpus_matches_one_device(toy_bert_no_dropout, toy_csv, pair_files,
-                                                 tmp_path, task):
+                                                 tmp_path, task, implementation):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     files, extra = ((toy_csv, []) if task == "single_label" else
                     (pair_files, ["--data.text_key=sentence1,sentence2", "--data.label_key=score"]))
+    extra.append(f"--model.implementation={implementation}")
     result = run_python(_recipe(_args(toy_bert_no_dropout, files, one, *extra,
                                       "--runtime.strategy=one_device")))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -114,12 +117,16 @@ def test_mirrored_on_two_cpus_matches_one_device(toy_bert_no_dropout, toy_csv, p
 
 
 @pytest.mark.slow  # about a minute: separate processes, a cluster, XLA compiles
-def test_multi_worker_cluster_matches_single_process(toy_bert_no_dropout, toy_csv, tmp_path):
+@pytest.mark.parametrize("implementation", ["saved_model", "keras"])
+def test_multi_worker_cluster_matches_single_process(toy_bert_no_dropout, toy_csv, tmp_path,
+                                                     implementation):
     single, cluster = str(tmp_path / "single"), str(tmp_path / "cluster")
-    result = run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, single,
+    chosen = f"--model.implementation={implementation}"
+    result = run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, single, chosen,
                                       "--runtime.strategy=one_device")))
     assert result.returncode == 0, result.stderr[-3000:]
-    codes, logs = _run_cluster(_args(toy_bert_no_dropout, toy_csv, cluster), str(tmp_path))
+    codes, logs = _run_cluster(_args(toy_bert_no_dropout, toy_csv, cluster, chosen),
+                               str(tmp_path))
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "replicas 2 |" in logs[0]
     digests = [_digest(log) for log in logs]
@@ -234,11 +241,14 @@ def test_steps_per_execution_gives_the_same_run(toy_bert_no_dropout, toy_csv, tm
 
 
 @pytest.mark.slow  # about a minute: separate processes, a cluster, XLA compiles
-def test_jit_compile_trains_like_the_graph_step(toy_bert_no_dropout, toy_csv, tmp_path):
+@pytest.mark.parametrize("implementation", ["saved_model", "keras"])
+def test_jit_compile_trains_like_the_graph_step(toy_bert_no_dropout, toy_csv, tmp_path,
+                                                implementation):
     plain, jit = str(tmp_path / "plain"), str(tmp_path / "jit")
-    _train_log(run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, plain,
+    chosen = f"--model.implementation={implementation}"
+    _train_log(run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, plain, chosen,
                                         "--runtime.strategy=one_device"))))
-    _train_log(run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, jit,
+    _train_log(run_python(_recipe(_args(toy_bert_no_dropout, toy_csv, jit, chosen,
                                         "--runtime.strategy=one_device",
                                         "--runtime.jit_compile=true"))))
     difference = _max_difference(_checkpoint(plain), _checkpoint(jit))
@@ -246,17 +256,24 @@ def test_jit_compile_trains_like_the_graph_step(toy_bert_no_dropout, toy_csv, tm
 
 
 @pytest.mark.slow  # a recipe run per policy
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_trains_and_says_what_runs_in_which_dtype(policy, toy_bert, toy_csv,
-                                                                  tmp_path):
+@pytest.mark.parametrize("policy, implementation", [("mixed_bfloat16", "saved_model"),
+                                                    ("mixed_float16", "saved_model"),
+                                                    ("mixed_bfloat16", "keras")])
+def test_mixed_precision_trains_and_says_what_runs_in_which_dtype(policy, implementation, toy_bert,
+                                                                  toy_csv, tmp_path):
     workdir = str(tmp_path / policy)
     log = _train_log(run_python(toy_recipe_args(toy_bert, toy_csv, workdir,
-                                                f"--runtime.precision={policy}")))
+                                                f"--runtime.precision={policy}",
+                                                f"--model.implementation={implementation}")))
     compute = policy.split("_")[1]
-    # The head runs under the policy; the restored SavedModel encoder keeps float32.
     line = next(line for line in log.splitlines() if line.startswith("precision "))
     assert line.startswith(f"precision {policy} | compute dtypes: ")
-    assert f"{compute}: " in line and "float32: " in line
+    dtypes = dict(part.split(": ") for part in line.split("compute dtypes: ")[1].split("; "))
+    assert "classifier/logits" in dtypes["float32"]  # logits and loss in float32 always
+    # The restored SavedModel encoder keeps its float32 graph; the Keras-native one computes
+    # under the policy.
+    encoder_dtype = "float32" if implementation == "saved_model" else compute
+    assert "encoder" in dtypes[encoder_dtype].split(", ")
     metrics = json.load(open(os.path.join(workdir, "metrics.json")))
     # The toy task, learnt under the policy, export checked.
     assert metrics["test"]["accuracy"] >= 0.9

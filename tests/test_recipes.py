@@ -104,11 +104,33 @@ def test_head_warm_up_and_fine_tuning_options_run_through_the_recipe(toy_bert, t
     assert float(line.split("max abs diff ")[1].split()[0]) <= 1e-5
 
 
-@pytest.mark.slow  # 75 s; the kill matrix covers kill -9 at many more moments
-def test_kill_9_mid_training_then_rerun_resumes(toy_bert, toy_csv, tmp_path):
+def test_keras_native_encoder_with_lora_trains_adapters_and_exports_them_merged(
+        toy_bert, toy_csv, tmp_path):
+    workdir = tmp_path / "run"
+    result = run_python(toy_recipe_args(toy_bert, toy_csv, workdir, "--model.implementation=keras",
+                                        "--model.lora_rank=4", "--train.learning_rate=2e-2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    header = next(line for line in out.splitlines() if line.startswith("replicas "))
+    assert "Keras-native (KerasHub BertBackbone, tanh GELU, float32), LoRA rank 4" in header
+    trainable = int(header.split("trainable parameters ")[1].split(" |")[0].replace(",", ""))
+    full = run_python(["-c", "import tfpretrain as tp, sys; "
+                             "e = tp.load_bert_encoder(*sys.argv[1:]); "
+                             "print(tp.count_parameters(e.layer.trainable_variables))", *toy_bert])
+    assert trainable < 0.25 * int(full.stdout.split()[-1])  # of a tiny toy; far less on MiniLM
+    assert "export: LoRA adapters merged into the weights they adapt" in out
+    line = next(row for row in out.splitlines() if row.startswith("export check"))
+    assert float(line.split("max abs diff ")[1].split()[0]) <= 1e-5
+    assert json.loads((workdir / "metrics.json").read_text())["test"]["accuracy"] >= 0.8
+
+
+@pytest.mark.slow  # 75 s a run; the kill matrix covers kill -9 at many more moments
+@pytest.mark.parametrize("implementation", ["saved_model", "keras"])
+def test_kill_9_mid_training_then_rerun_resumes(toy_bert, toy_csv, tmp_path, implementation):
     workdir = tmp_path / "run"
     args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=40",
-                           "--train.checkpoint_every=5", "--export.enabled=false")
+                           "--train.checkpoint_every=5", "--export.enabled=false",
+                           f"--model.implementation={implementation}")
     env = dict(os.environ, PYTHONPATH=ROOT)
     process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -111,6 +111,13 @@ class BertEncoderConfig:
                           "(converted once)", "minilm_l6")
     preprocessor: str = option("matching TF Hub-format preprocessor ('' = the preset's)", "")
     trainable: bool = option("fine-tune the encoder (false: train the head only)", True)
+    implementation: str = option("'keras': the weights in a KerasHub BertBackbone (mixed precision "
+                                 "reaches it, XLA, LoRA); 'saved_model': the restored SavedModel "
+                                 "(any TF Hub-format encoder); 'auto': Keras when the weights map",
+                                 "saved_model", ("auto", "keras", "saved_model"))
+    lora_rank: int = option("train rank-N LoRA adapters on the attention query/value projections "
+                            "(and the head) instead of the encoder's weights; merged into the "
+                            "export (needs implementation keras or auto; 0 = off)", 0)
 
 
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")

@@ -109,6 +109,11 @@ def describe_precision(model: keras.Model) -> str:
     for layer in model.layers:
         if layer.weights:
             by_dtype.setdefault(layer.compute_dtype, []).append(layer.name)
+            for inner in layer._flatten_layers(include_self=False):  # e.g. float32 logits
+                if inner.compute_dtype != layer.compute_dtype and (
+                        inner._trainable_variables or inner._non_trainable_variables):
+                    by_dtype.setdefault(inner.compute_dtype, []).append(
+                        f"{layer.name}/{inner.name}")
     parts = [f"{dtype}: {', '.join(names)}" for dtype, names in sorted(by_dtype.items())]
     return (f"precision {keras.mixed_precision.global_policy().name} | compute dtypes: "
             + "; ".join(parts))

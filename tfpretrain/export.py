@@ -7,12 +7,13 @@ here only wires inputs to the model and the model to those outputs.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
@@ -24,6 +25,57 @@ from tfpretrain.files import atomic_directory
 from tfpretrain.hub import HubLayer
 from tfpretrain.models import feature_extractor
 from tfpretrain.tasks.classification import SingleLabelClassification
+
+
+def merge_lora(model: keras.layers.Layer) -> int:
+    """Folds the LoRA adapters of every Keras layer in ``model`` (``Dense``, ``EinsumDense``,
+    ``Embedding`` after ``enable_lora``) into the weight they adapt and drops them: the model
+    computes the same, at the cost it had without adapters. Returns how many layers it merged.
+
+    Example:
+        >>> dense = keras.layers.Dense(4)
+        >>> dense.build((None, 3)); dense.enable_lora(2)
+        >>> merge_lora(dense), [w.path for w in dense.weights]
+        (1, ['dense/kernel', 'dense/bias'])
+    """
+    merged = 0
+    for layer in model._flatten_layers():
+        if not getattr(layer, "lora_enabled", False):
+            continue
+        name = "embeddings" if isinstance(layer, keras.layers.Embedding) else "kernel"
+        getattr(layer, f"_{name}").assign(keras.ops.convert_to_tensor(getattr(layer, name)))
+        adapters = [key for key, value in vars(layer).items()
+                    if key.startswith("lora_") and isinstance(value, keras.Variable)]
+        layer._tracker.unlock()
+        for key in adapters:
+            layer._untrack_variable(getattr(layer, key))
+            delattr(layer, key)
+        layer._tracker.lock()
+        layer.lora_enabled = False
+        merged += 1
+    return merged
+
+
+@contextlib.contextmanager
+def float32_compute(model: keras.layers.Layer) -> Iterator[None]:
+    """Within the block, every layer of ``model`` computes in float32 (a model trained under
+    ``mixed_bfloat16``/``mixed_float16`` keeps float32 variables, so this only changes the
+    compute dtype): exports serve in float32 unless asked otherwise.
+
+    Example:
+        >>> with float32_compute(model):  # doctest: +SKIP
+        ...     export_text_classifier(model, ...)
+    """
+    changed = [(layer, layer.dtype_policy) for layer in model._flatten_layers()
+               if layer.dtype_policy.compute_dtype != "float32"
+               and layer.dtype_policy.variable_dtype == "float32"]
+    for layer, _ in changed:
+        layer.dtype_policy = "float32"
+    try:
+        yield
+    finally:
+        for layer, policy in changed:
+            layer.dtype_policy = policy
 
 
 def export_text_classifier(model: keras.Model, label_names: list[str] | None, path: str,

@@ -29,7 +29,9 @@ def build_classification_head(num_classes: int, dropout: float = 0.1, seed: int 
                keras.layers.Dense(num_classes,
                                   kernel_initializer=keras.initializers.TruncatedNormal(
                                       stddev=0.02, seed=seed),
-                                  name="logits")]
+                                  # float32 logits under mixed precision too: the loss and
+                                  # softmax need its range (the Keras mixed-precision guide)
+                                  dtype="float32", name="logits")]
     return keras.Sequential(layers, name=name)
 
 

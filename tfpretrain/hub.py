@@ -95,7 +95,7 @@ def load_saved_model(handle: str | os.PathLike[str]) -> Any:
     return tf.saved_model.load(resolve_handle(handle))
 
 
-def _has_training_argument(function):
+def takes_training_argument(function):
     """True when a restored ``tf.function`` was traced with ``training`` True and False.
 
     We read the concrete functions' signatures instead of trying a call: a failed call leaves a
@@ -236,7 +236,7 @@ class HubLayer(keras.layers.Layer):
                     f"{sorted(self._obj.signatures)}"
                 )
             self._function = self._obj.__call__
-            self._takes_training = _has_training_argument(self._function)
+            self._takes_training = takes_training_argument(self._function)
         trainable_vars, frozen_vars = _restored_variables(self._obj, self._function)
         if trainable_variable_names is not None:  # from a .keras file: the filter's choice
             names = set(trainable_variable_names)

@@ -44,7 +44,7 @@ from tfpretrain.distribute import (
     per_replica_batch_size,
     set_precision,
 )
-from tfpretrain.export import check_export
+from tfpretrain.export import check_export, float32_compute, merge_lora
 from tfpretrain.files import write_json
 from tfpretrain.hub import unseeded_random_ops
 from tfpretrain.optimizers import build_optimizer, peak_learning_rate
@@ -331,15 +331,18 @@ class Run:
 
     def _export(self, model: keras.Model, export: Export, results: dict) -> None:
         export_dir = os.path.join(self.workdir, "export")
-        export.write(export_dir)
-        self.artifacts["export"] = export.describe
-        if export.check_inputs:
-            expected = self.task.predict(export.model or model,
-                                         export.model_inputs(export.check_inputs))
-            check_export(export_dir, export.check_inputs, expected, export.input_name,
-                         self.task.check_output)
-        if export.after is not None:
-            self.artifacts.update(export.after(export_dir, results))
+        served = export.model or model
+        if merge_lora(served):  # the adapters cost nothing at serving time
+            print("export: LoRA adapters merged into the weights they adapt", flush=True)
+        with float32_compute(served):  # a mixed-precision run still serves in float32
+            export.write(export_dir)
+            self.artifacts["export"] = export.describe
+            if export.check_inputs:
+                expected = self.task.predict(served, export.model_inputs(export.check_inputs))
+                check_export(export_dir, export.check_inputs, expected, export.input_name,
+                             self.task.check_output)
+            if export.after is not None:
+                self.artifacts.update(export.after(export_dir, results))
 
     def _print_summary(self, results: dict, train_seconds: float) -> None:
         print("\nSummary")

@@ -111,9 +111,13 @@ def run_tfpretrain(texts, labels, args):
                                                   tf.constant(labels, tf.int32)))
         examples = tp.tokenize_texts(raw, encoder.preprocessor, seq, "head").cache()
 
+        # XLA compiles once per shape: pad to a few fixed lengths where make_batches can.
+        fixed = ({"fixed_shapes": True} if args.jit_compile
+                 and "fixed_shapes" in inspect.signature(tp.make_batches).parameters else {})
+
         def train_batches(epoch, skip):
             return tp.make_batches(examples, batch, seq, shuffle_seed=config.seed + epoch,
-                                   skip_batches=skip)
+                                   skip_batches=skip, **fixed)
 
         steps = sum(1 for _ in train_batches(0, 0))  # tokenises everything into the cache
         tokenized = time.perf_counter()

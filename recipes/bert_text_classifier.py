@@ -73,7 +73,8 @@ def main(cfg):
     def batches(split, epoch=None, skip=0):
         seed = None if epoch is None else cfg.train.seed + epoch
         return tp.make_batches(examples[split], cfg.train.global_batch_size, seq, seed,
-                               cfg.data.shuffle_buffer, skip)
+                               cfg.data.shuffle_buffer, skip,
+                               fixed_shapes=cfg.runtime.jit_compile)
 
     if cfg.train.head_epochs and m.trainable:
         tp.warm_up_head(run, model, batches("train"), validation=batches("validation")

@@ -64,7 +64,8 @@ def main(cfg):
     def batches(split, epoch=None, skip=0):
         seed = None if epoch is None else cfg.train.seed + epoch
         return tp.make_batches(examples[split], cfg.train.global_batch_size, seq, seed,
-                               cfg.data.shuffle_buffer, skip, label_padding=-1)
+                               cfg.data.shuffle_buffer, skip, label_padding=-1,
+                               fixed_shapes=cfg.runtime.jit_compile)
 
     state = run.train(model, lambda epoch, skip: batches("train", epoch, skip),
                       validation=batches("validation"),

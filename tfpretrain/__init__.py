@@ -1,7 +1,8 @@
 """tfpretrain: transfer learning on TensorFlow 2.21 + Keras 3.
 
 Public API (see README.md); recipes reach the library only through ``import tfpretrain as tp``:
-    load_bert_encoder, HubLayer, load_saved_model, resolve_handle   — pretrained encoders
+    load_bert_encoder, HubLayer, load_saved_model, resolve_handle,
+    KerasBertEncoder, build_keras_bert_encoder                      — pretrained encoders
     load_sentence_encoder, embed_texts, load_embeddings             — sentence encoders (USE-style)
     load_image_encoder, scale_to_unit_range                         — image feature vectors
     build_bert_classifier, build_sentence_classifier, build_image_classifier,
@@ -18,7 +19,7 @@ Public API (see README.md); recipes reach the library only through ``import tfpr
     warm_up_head                                                    — training
     write_report                                                    — reports
     export_text_classifier, export_token_classifier, export_image_classifier,
-    serve_in_fresh_process, check_export
+    serve_in_fresh_process, check_export, merge_lora, float32_compute
     export_bert_encoder, export_bert_preprocessor, export_sentence_encoder,
     export_image_encoder                                            — TF Hub-format writers
 Modules: tp.config (options, sections, recipe_config), tp.cli, tp.files, tp.zoo (presets),
@@ -65,7 +66,12 @@ from tfpretrain.distribute import (
     per_replica_batch_size,
     set_precision,
 )
-from tfpretrain.encoders.bert import load_bert_encoder, load_encoder
+from tfpretrain.encoders.bert import (
+    KerasBertEncoder,
+    build_keras_bert_encoder,
+    load_bert_encoder,
+    load_encoder,
+)
 from tfpretrain.encoders.image import load_image_encoder, scale_to_unit_range
 from tfpretrain.encoders.sentence import embed_texts, load_embeddings, load_sentence_encoder
 from tfpretrain.export import (
@@ -73,6 +79,8 @@ from tfpretrain.export import (
     export_image_classifier,
     export_text_classifier,
     export_token_classifier,
+    float32_compute,
+    merge_lora,
     serve_in_fresh_process,
 )
 from tfpretrain.heads import build_classification_head, pair_features, sentence_features
@@ -118,6 +126,7 @@ __all__ = [
     "TRUNCATIONS",
     "Export",
     "HubLayer",
+    "KerasBertEncoder",
     "ImageDataConfig",
     "Interrupted",
     "MlmDataConfig",
@@ -167,6 +176,9 @@ __all__ = [
     "images",
     "is_chief",
     "load_bert_encoder",
+    "build_keras_bert_encoder",
+    "merge_lora",
+    "float32_compute",
     "load_embeddings",
     "load_encoder",  # deprecated alias of load_bert_encoder, kept for one release
     "load_image_encoder",

@@ -176,9 +176,13 @@ def _bucket_boundaries(seq_length):
     return boundaries
 
 
+FIXED_SHAPE_STEP = 16  # with fixed_shapes, batches are padded to a multiple of this many tokens
+
+
 def make_batches(examples: tf.data.Dataset, batch_size: int, seq_length: int,
                  shuffle_seed: int | None = None, shuffle_buffer: int = 10000,
-                 skip_batches: int = 0, label_padding: int | None = None) -> tf.data.Dataset:
+                 skip_batches: int = 0, label_padding: int | None = None,
+                 fixed_shapes: bool = False) -> tf.data.Dataset:
     """Batches of tokenised examples, padded per batch and grouped by length.
 
     Args:
@@ -189,6 +193,9 @@ def make_batches(examples: tf.data.Dataset, batch_size: int, seq_length: int,
         skip_batches: batches to skip (resuming mid-epoch).
         label_padding: the value that pads per-token labels (token classification: -1, no
             label); None for one label per example.
+        fixed_shapes: pad each batch to the next multiple of ``FIXED_SHAPE_STEP`` tokens (or
+            ``seq_length``) instead of its longest example, so an XLA-compiled step sees at most
+            ``2 * seq_length / FIXED_SHAPE_STEP`` shapes (full and last partial batch per bucket).
 
     Example:
         >>> batches = make_batches(tokenize_texts(ds, pre, 128).cache(), 32, 128,
@@ -197,7 +204,8 @@ def make_batches(examples: tf.data.Dataset, batch_size: int, seq_length: int,
     if shuffle_seed is not None:
         examples = examples.shuffle(shuffle_buffer, seed=shuffle_seed,
                                     reshuffle_each_iteration=False)
-    boundaries = _bucket_boundaries(seq_length)
+    boundaries = (list(range(FIXED_SHAPE_STEP + 1, seq_length + 1, FIXED_SHAPE_STEP))
+                  + [seq_length + 1] if fixed_shapes else _bucket_boundaries(seq_length))
     padding = None
     if label_padding is not None:
         inputs_spec, label_spec = examples.element_spec
@@ -208,6 +216,7 @@ def make_batches(examples: tf.data.Dataset, batch_size: int, seq_length: int,
         bucket_boundaries=boundaries,
         bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
         padding_values=padding,
+        pad_to_bucket_boundary=fixed_shapes,
         drop_remainder=False,
     )
     if skip_batches:

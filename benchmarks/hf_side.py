@@ -7,13 +7,19 @@ Started by benchmarks/common.py:run_hf_side; never imports tensorflow or tfpretr
 
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
-import transformers
+# Python puts this script's folder first on sys.path, where benchmarks/datasets.py would shadow
+# the Hugging Face `datasets` package that transformers' Trainer imports.
+sys.path = [p for p in sys.path
+            if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
 
 
 def log(message):

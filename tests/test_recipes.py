@@ -112,7 +112,8 @@ def test_keras_native_encoder_with_lora_trains_adapters_and_exports_them_merged(
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     header = next(line for line in out.splitlines() if line.startswith("replicas "))
-    assert "Keras-native (KerasHub BertBackbone, tanh GELU, float32), LoRA rank 4" in header
+    assert ("Keras-native (KerasHub BertBackbone, tanh GELU, dropout 0.1, float32), LoRA rank 4"
+            in header)
     trainable = int(header.split("trainable parameters ")[1].split(" |")[0].replace(",", ""))
     full = run_python(["-c", "import tfpretrain as tp, sys; "
                              "e = tp.load_bert_encoder(*sys.argv[1:]); "

@@ -193,9 +193,9 @@ def make_batches(examples: tf.data.Dataset, batch_size: int, seq_length: int,
         skip_batches: batches to skip (resuming mid-epoch).
         label_padding: the value that pads per-token labels (token classification: -1, no
             label); None for one label per example.
-        fixed_shapes: pad each batch to the next multiple of ``FIXED_SHAPE_STEP`` tokens (or
-            ``seq_length``) instead of its longest example, so an XLA-compiled step sees at most
-            ``2 * seq_length / FIXED_SHAPE_STEP`` shapes (full and last partial batch per bucket).
+        fixed_shapes: pad each batch to the next multiple of ``FIXED_SHAPE_STEP`` tokens (at
+            most ``seq_length``) instead of its longest example, so an XLA-compiled step sees
+            few widths; the batches hold the same examples in the same order either way.
 
     Example:
         >>> batches = make_batches(tokenize_texts(ds, pre, 128).cache(), 32, 128,
@@ -204,8 +204,7 @@ def make_batches(examples: tf.data.Dataset, batch_size: int, seq_length: int,
     if shuffle_seed is not None:
         examples = examples.shuffle(shuffle_buffer, seed=shuffle_seed,
                                     reshuffle_each_iteration=False)
-    boundaries = (list(range(FIXED_SHAPE_STEP + 1, seq_length + 1, FIXED_SHAPE_STEP))
-                  + [seq_length + 1] if fixed_shapes else _bucket_boundaries(seq_length))
+    boundaries = _bucket_boundaries(seq_length)
     padding = None
     if label_padding is not None:
         inputs_spec, label_spec = examples.element_spec
@@ -216,12 +215,26 @@ def make_batches(examples: tf.data.Dataset, batch_size: int, seq_length: int,
         bucket_boundaries=boundaries,
         bucket_batch_sizes=[batch_size] * (len(boundaries) + 1),
         padding_values=padding,
-        pad_to_bucket_boundary=fixed_shapes,
         drop_remainder=False,
     )
+    if fixed_shapes:
+        batches = batches.map(lambda inputs, labels: _pad_width(inputs, labels, seq_length,
+                                                               label_padding))
     if skip_batches:
         batches = batches.skip(skip_batches)
     return finish_batches(batches)
+
+
+def _pad_width(inputs, labels, seq_length, label_padding):
+    """Pads a batch's token axis to the next multiple of ``FIXED_SHAPE_STEP`` (at most
+    ``seq_length``): zeros for the inputs, ``label_padding`` for per-token labels."""
+    width = tf.shape(inputs["input_word_ids"])[1]
+    target = tf.minimum(-(-width // FIXED_SHAPE_STEP) * FIXED_SHAPE_STEP, seq_length)
+    pad = [[0, 0], [0, tf.maximum(target - width, 0)]]
+    inputs = {name: tf.pad(value, pad) for name, value in inputs.items()}
+    if label_padding is not None:
+        labels = tf.pad(labels, pad, constant_values=label_padding)
+    return inputs, labels
 
 
 def finish_batches(batches: tf.data.Dataset) -> tf.data.Dataset:

@@ -212,6 +212,16 @@ def _probe_inputs(config, batch=3, length=17):
             "input_type_ids": types.astype("int32")}
 
 
+def _in_replica(function, inputs):
+    """``function(inputs)`` on the first replica: under a strategy's scope a restored SavedModel
+    holds distributed variables, which its functions can only read inside a replica."""
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context() is False:
+        return function(inputs)
+    strategy = tf.distribute.get_strategy()
+    outputs = strategy.run(tf.function(function), args=(inputs,))
+    return tf.nest.map_structure(lambda x: strategy.experimental_local_results(x)[0], outputs)
+
+
 def _max_difference(got, expected, mask):
     # Padded positions of sequence_output are free to differ: nothing reads them.
     return max(float(np.max(np.abs(np.asarray(got[key]) - expected[key].numpy())
@@ -219,15 +229,16 @@ def _max_difference(got, expected, mask):
                for key in ("pooled_output", "sequence_output"))
 
 
-def build_keras_bert_encoder(saved_model: Any, trainable: bool = True, dropout: float = 0.1,
-                             name: str = "encoder") -> KerasBertEncoder:
+def build_keras_bert_encoder(saved_model: Any, trainable: bool = True,
+                             dropout: float | None = None, name: str = "encoder"
+                             ) -> KerasBertEncoder:
     """The Keras-native copy of a restored TF Hub-format BERT encoder (``hub.load_saved_model``).
 
     Names follow this project's exports (KerasHub's) or TF Model Garden's ``export_tfhub``
     (tfhub.dev's BERTs). The GELU (tanh approximation or exact) is the one whose outputs match
     the SavedModel's on a probe batch; the copy must match within ``PARITY_TOLERANCE`` or this
-    raises ``NotMappable`` with the difference. ``dropout`` is the fine-tuning dropout rate (a
-    SavedModel's weights do not say which it was trained with; BERTs use 0.1).
+    raises ``NotMappable`` with the difference. ``dropout`` is the fine-tuning dropout rate; by
+    default 0.1 (BERT's) when the SavedModel's own training mode drops anything, else 0.
 
     Example:
         >>> layer = build_keras_bert_encoder(hub.load_saved_model(path))  # doctest: +SKIP
@@ -238,13 +249,18 @@ def build_keras_bert_encoder(saved_model: Any, trainable: bool = True, dropout: 
     if not callable(saved_model):
         raise NotMappable("the SavedModel has no __call__")
     probe_tensors = {name: tf.constant(value) for name, value in probe.items()}
+    takes_training = hub.takes_training_argument(saved_model.__call__)
     try:
-        expected = (saved_model(probe_tensors, training=False)
-                    if hub.takes_training_argument(saved_model.__call__)
-                    else saved_model(probe_tensors))
+        expected = _in_replica(lambda x: saved_model(x, training=False) if takes_training
+                               else saved_model(x), probe_tensors)
     except (TypeError, ValueError) as error:  # another contract
         raise NotMappable(f"calling it on BERT inputs failed: {str(error).splitlines()[0]}"
                           ) from error
+    if dropout is None:  # drop out while training if and only if the SavedModel does
+        dropped = takes_training and _max_difference(
+            _in_replica(lambda x: saved_model(x, training=True), probe_tensors), expected,
+            probe["input_mask"]) > 0
+        dropout = 0.1 if dropped else 0.0
     layer = KerasBertEncoder(config, dropout=dropout, name=name, dtype="float32")
     for variable in layer.weights:
         if "seed_generator" in variable.path:
@@ -333,8 +349,8 @@ def _load_layer(path, trainable, implementation):
         try:
             layer = build_keras_bert_encoder(saved_model, trainable)
             return layer, (f"Keras-native (KerasHub BertBackbone, "
-                           f"{'exact' if layer.exact_gelu else 'tanh'} GELU, "
-                           f"{layer.compute_dtype})")
+                           f"{'exact' if layer.exact_gelu else 'tanh'} GELU, dropout "
+                           f"{layer.dropout:g}, {layer.compute_dtype})")
         except NotMappable as error:
             if implementation == "keras":
                 raise EncoderError(f"{path} cannot run as a KerasHub BertBackbone: {error}; "

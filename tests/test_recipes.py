@@ -104,6 +104,7 @@ def test_head_warm_up_and_fine_tuning_options_run_through_the_recipe(toy_bert, t
     assert float(line.split("max abs diff ")[1].split()[0]) <= 1e-5
 
 
+@pytest.mark.slow  # 60 s; tests/test_keras_bert.py covers the encoder, LoRA and merging
 def test_keras_native_encoder_with_lora_trains_adapters_and_exports_them_merged(
         toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"

@@ -145,9 +145,12 @@ def test_lora_trains_adapters_only_and_merging_keeps_the_outputs(toy_bert):
     assert _difference(layer(inputs), before, inputs["input_mask"]) <= 1e-5
 
 
-def test_lora_needs_the_keras_implementation(toy_bert):
+def test_lora_needs_the_keras_implementation(toy_bert, tmp_path):
     with pytest.raises(bert.EncoderError, match="model.implementation=keras"):
         bert.load_bert_encoder(*toy_bert, implementation="saved_model", lora_rank=4)
+    scaled = _export_scaled(toy_bert[0], str(tmp_path / "scaled"))  # auto falls back: refused
+    with pytest.raises(bert.EncoderError, match="runs as a restored SavedModel"):
+        bert.load_bert_encoder(scaled, toy_bert[1], implementation="auto", lora_rank=4)
 
 
 def test_mixed_bfloat16_reaches_the_encoder(toy_bert):

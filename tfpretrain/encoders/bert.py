@@ -326,6 +326,9 @@ def load_bert_encoder(encoder: str = "minilm_l6", preprocessor: str = "", traina
     encoder_path, preprocessor_path, info = _resolve_pair(encoder, preprocessor)
     layer, described = _load_layer(encoder_path, trainable, implementation)
     if lora_rank:
+        if not isinstance(layer, KerasBertEncoder):
+            raise EncoderError(f"model.lora_rank needs the Keras implementation, and "
+                               f"{encoder!r} runs as a {described}")
         layer.enable_lora(lora_rank)
         described += f", LoRA rank {lora_rank} on attention query/value"
     pre = hub.load_saved_model(preprocessor_path)

@@ -10,8 +10,9 @@ import tensorflow as tf
 
 from tests.conftest import ROOT
 from tfpretrain import hub
+from tfpretrain.distribute import float32_compute
 from tfpretrain.encoders import bert
-from tfpretrain.export import float32_compute, merge_lora
+from tfpretrain.export import merge_lora
 
 MODEL_GARDEN = os.path.join(ROOT, "tests", "fixtures", "model_garden_bert")
 

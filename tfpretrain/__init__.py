@@ -15,11 +15,11 @@ Public API (see README.md); recipes reach the library only through ``import tfpr
     count_examples, TaggingDataConfig, load_tagged_data, make_tagging_examples, split_words,
     word_windows                                                    — data
     Run, Export, start_run, set_seed, count_parameters              — the run seam
-    build_strategy, fit, build_optimizer, set_precision, describe_precision, is_chief,
-    warm_up_head                                                    — training
+    build_strategy, fit, build_optimizer, set_precision, describe_precision, float32_compute,
+    is_chief, warm_up_head                                          — training
     write_report                                                    — reports
     export_text_classifier, export_token_classifier, export_image_classifier,
-    serve_in_fresh_process, check_export, merge_lora, float32_compute
+    serve_in_fresh_process, check_export, merge_lora
     export_bert_encoder, export_bert_preprocessor, export_sentence_encoder,
     export_image_encoder                                            — TF Hub-format writers
 Modules: tp.config (options, sections, recipe_config), tp.cli, tp.files, tp.zoo (presets),
@@ -62,6 +62,7 @@ from tfpretrain.data.text import (
 from tfpretrain.distribute import (
     build_strategy,
     describe_precision,
+    float32_compute,
     is_chief,
     per_replica_batch_size,
     set_precision,
@@ -79,7 +80,6 @@ from tfpretrain.export import (
     export_image_classifier,
     export_text_classifier,
     export_token_classifier,
-    float32_compute,
     merge_lora,
     serve_in_fresh_process,
 )

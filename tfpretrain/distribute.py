@@ -6,9 +6,11 @@ cluster of two or more tasks) > mirrored (two or more GPUs) > one device.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 
 import keras
 import numpy as np
@@ -100,6 +102,28 @@ def set_precision(policy: str) -> None:
     if policy not in PRECISIONS:
         raise ValueError(f"runtime.precision must be one of {PRECISIONS}, got {policy!r}")
     keras.mixed_precision.set_global_policy(policy)
+
+
+@contextlib.contextmanager
+def float32_compute(model: keras.layers.Layer) -> Iterator[None]:
+    """Within the block, every layer of ``model`` computes in float32 (a model trained under
+    ``mixed_bfloat16``/``mixed_float16`` keeps float32 variables, so this only changes the
+    compute dtype): exports serve in float32 unless asked otherwise.
+
+    Example:
+        >>> with float32_compute(model):  # doctest: +SKIP
+        ...     export_text_classifier(model, ...)
+    """
+    changed = [(layer, layer.dtype_policy) for layer in model._flatten_layers()
+               if layer.dtype_policy.compute_dtype != "float32"
+               and layer.dtype_policy.variable_dtype == "float32"]
+    for layer, _ in changed:
+        layer.dtype_policy = "float32"
+    try:
+        yield
+    finally:
+        for layer, policy in changed:
+            layer.dtype_policy = policy
 
 
 def describe_precision(model: keras.Model) -> str:

@@ -7,13 +7,12 @@ here only wires inputs to the model and the model to those outputs.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -54,28 +53,6 @@ def merge_lora(model: keras.layers.Layer) -> int:
         layer.lora_enabled = False
         merged += 1
     return merged
-
-
-@contextlib.contextmanager
-def float32_compute(model: keras.layers.Layer) -> Iterator[None]:
-    """Within the block, every layer of ``model`` computes in float32 (a model trained under
-    ``mixed_bfloat16``/``mixed_float16`` keeps float32 variables, so this only changes the
-    compute dtype): exports serve in float32 unless asked otherwise.
-
-    Example:
-        >>> with float32_compute(model):  # doctest: +SKIP
-        ...     export_text_classifier(model, ...)
-    """
-    changed = [(layer, layer.dtype_policy) for layer in model._flatten_layers()
-               if layer.dtype_policy.compute_dtype != "float32"
-               and layer.dtype_policy.variable_dtype == "float32"]
-    for layer, _ in changed:
-        layer.dtype_policy = "float32"
-    try:
-        yield
-    finally:
-        for layer, policy in changed:
-            layer.dtype_policy = policy
 
 
 def export_text_classifier(model: keras.Model, label_names: list[str] | None, path: str,

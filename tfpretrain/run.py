@@ -40,11 +40,12 @@ from tfpretrain.data.pipeline import count_examples
 from tfpretrain.distribute import (
     build_strategy,
     describe_precision,
+    float32_compute,
     is_chief,
     per_replica_batch_size,
     set_precision,
 )
-from tfpretrain.export import check_export, float32_compute, merge_lora
+from tfpretrain.export import check_export, merge_lora
 from tfpretrain.files import write_json
 from tfpretrain.hub import unseeded_random_ops
 from tfpretrain.optimizers import build_optimizer, peak_learning_rate

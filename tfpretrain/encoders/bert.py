@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfpretrain import hub, zoo
+from tfpretrain.distribute import float32_compute
 
 INPUT_NAMES = ("input_word_ids", "input_mask", "input_type_ids")
 IMPLEMENTATIONS = ("auto", "keras", "saved_model")
@@ -261,7 +262,7 @@ def build_keras_bert_encoder(saved_model: Any, trainable: bool = True,
             _in_replica(lambda x: saved_model(x, training=True), probe_tensors), expected,
             probe["input_mask"]) > 0
         dropout = 0.1 if dropped else 0.0
-    layer = KerasBertEncoder(config, dropout=dropout, name=name, dtype="float32")
+    layer = KerasBertEncoder(config, dropout=dropout, name=name)  # under the run's policy
     for variable in layer.weights:
         if "seed_generator" in variable.path:
             continue
@@ -275,18 +276,13 @@ def build_keras_bert_encoder(saved_model: Any, trainable: bool = True,
     differences = []
     for exact_gelu in (False, True):
         layer.set_exact_gelu(exact_gelu)
-        differences.append(_max_difference(layer(probe), expected, probe["input_mask"]))
+        with float32_compute(layer):  # parity is a float32 property
+            differences.append(_max_difference(layer(probe), expected, probe["input_mask"]))
         if differences[-1] <= PARITY_TOLERANCE:
             break
     else:
         raise NotMappable(f"outputs differ from the SavedModel's by {min(differences):.1e} "
                           f"(> {PARITY_TOLERANCE:g}) with either GELU")
-    policy = keras.mixed_precision.global_policy()
-    if policy.name != "float32":  # the same weights, computed under the run's policy
-        float32_layer = layer
-        layer = KerasBertEncoder(config, exact_gelu, dropout, name=name, dtype=policy)
-        for target, source in zip(layer.weights, float32_layer.weights):
-            target.assign(source)
     layer.trainable = trainable
     return layer
 

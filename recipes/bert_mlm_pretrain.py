@@ -40,6 +40,10 @@ class MlmModelConfig:
     mask_rate: float = option("fraction of tokens (or words) selected for prediction", 0.15)
     max_predictions: int = option("most masked positions scored per window", 20)
     whole_word: bool = option("mask all pieces of a selected word together", False)
+    tie_embeddings: bool = option("score the masked tokens against the word-embedding table "
+                                  "(BERT's tied head); false: the head has its own output table",
+                                  True)
+    implementation: str = tp.config.implementation_option()
 
 
 @dataclasses.dataclass
@@ -61,12 +65,14 @@ def main(cfg):
             if scratch else (cfg.model.encoder, cfg.model.preprocessor))
     m = cfg.model
     with run.scope():
-        encoder = tp.load_bert_encoder(*pair, trainable=True, seq_length=m.seq_length)
+        encoder = tp.load_bert_encoder(*pair, trainable=True, seq_length=m.seq_length,
+                                       implementation=m.implementation)
         vocab_file = encoder.preprocessor.vocab_file.asset_path.numpy().decode()
         masking = tp.mlm.Masking.from_vocabulary(vocab_file, seq_length=encoder.seq_length,
                                                  mask_rate=m.mask_rate, whole_word=m.whole_word,
                                                  max_predictions=m.max_predictions)
-        model, head = tp.mlm.build_mlm_model(encoder.layer, masking.vocab_size)
+        model, head = tp.mlm.build_mlm_model(encoder.layer, masking.vocab_size,
+                                             tied=m.tie_embeddings)
     windows = run.cache({s: tp.mlm.make_windows(d, encoder.preprocessor, encoder.seq_length)
                          for s, d in corpus.items()})
     seed = cfg.train.seed
@@ -87,7 +93,8 @@ def main(cfg):
                       evaluate=lambda trained: tp.mlm.evaluate_mlm(trained, heldout),
                       details=f"windows {run.split_sizes} | vocabulary {masking.vocab_size} | "
                               f"seq_length {masking.seq_length} | "
-                              + ("from scratch" if scratch else f"continued from {m.encoder}"))
+                              + ("from scratch" if scratch else f"continued from {m.encoder}")
+                              + f" | {encoder.implementation}")
     end = tp.mlm.evaluate_mlm(model, heldout)
     print(f"held-out masked tokens: end accuracy {end['accuracy']:.4f} loss {end['loss']:.4f} "
           f"(start {start['accuracy']:.4f} / {start['loss']:.4f}, baseline {baseline:.4f})",

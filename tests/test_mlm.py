@@ -174,6 +174,32 @@ def test_head_is_tied_to_the_word_embeddings(toy_bert, toy):
     assert np.abs(gradient.numpy()).sum(axis=1).astype(bool).sum() > 4
 
 
+def test_untied_head_scores_against_its_own_table(toy_bert, toy, tmp_path):
+    _, vocab = toy
+    layer = hub.HubLayer(toy_bert[0], trainable=True)
+    vocab_size = sum(1 for _ in open(vocab))
+    model, head = mlm.build_mlm_model(layer, vocab_size, tied=False)
+    table = mlm.word_embeddings(layer, vocab_size)
+    assert [w.path.split("/")[-1] for w in head.trainable_weights].count("output_embeddings") == 1
+    assert (len(model.trainable_variables)
+            == len(layer.trainable_weights) + len(head.trainable_weights))
+    inputs = {"input_word_ids": tf.constant([[2, 7, 4, 3]]),
+              "input_mask": tf.ones([1, 4], tf.int32),
+              "input_type_ids": tf.zeros([1, 4], tf.int32),
+              "masked_lm_positions": tf.constant([[2]])}
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(mlm.masked_lm_loss(
+            {"masked_lm_ids": tf.constant([[9]]), "masked_lm_weights": tf.ones([1, 1])},
+            model(inputs))[0])
+    gradient = tf.convert_to_tensor(tape.gradient(loss, table)).numpy()
+    # Only the input side reaches the word embeddings: the rows of the four input tokens.
+    assert set(np.flatnonzero(np.abs(gradient).sum(axis=1))) == {2, 3, 4, 7}
+    mlm.export_encoder_with_mlm(layer, head, str(tmp_path / "encoder"))
+    saved = tf.saved_model.load(str(tmp_path / "encoder"))
+    np.testing.assert_allclose(saved.mlm(inputs)["mlm_logits"].numpy(), model(inputs).numpy(),
+                               atol=1e-6)
+
+
 def test_fit_resumes_masked_lm_training_exactly(toy_bert, toy, tmp_path):
     from tfpretrain.optimizers import build_optimizer
     from tfpretrain.train import fit
@@ -200,3 +226,49 @@ def test_fit_resumes_masked_lm_training_exactly(toy_bert, toy, tmp_path):
     train(tmp_path / "resumed", 3)
     resumed = train(tmp_path / "resumed", 6)
     assert max(np.abs(a - b).max() for a, b in zip(straight, resumed)) == 0.0
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_keras_native_encoder_trains_and_exports_its_mlm(toy_bert, toy, tmp_path, precision):
+    from tfpretrain.distribute import float32_compute
+    from tfpretrain.encoders.bert import KerasBertEncoder, load_bert_encoder
+
+    _, vocab = toy
+    vocab_size = sum(1 for _ in open(vocab))
+    inputs = {"input_word_ids": tf.constant([[2, 7, 4, 3, 0], [2, 9, 4, 8, 3]]),
+              "input_mask": tf.constant([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]),
+              "input_type_ids": tf.zeros([2, 5], tf.int32),
+              "masked_lm_positions": tf.constant([[2, 1], [2, 3]])}
+    labels = {"masked_lm_ids": tf.constant([[9, 7], [7, 9]]), "masked_lm_weights": tf.ones([2, 2])}
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        loaded = load_bert_encoder(toy_bert[0], toy_bert[1], trainable=True, seq_length=16,
+                                   implementation="keras")
+        assert isinstance(loaded.layer, KerasBertEncoder)
+        model, head = mlm.build_mlm_model(loaded.layer, vocab_size)
+        assert mlm.word_embeddings(loaded.layer, vocab_size).dtype == "float32"
+        with tf.GradientTape() as tape:
+            logits = model(inputs, training=True)
+            loss = tf.reduce_mean(mlm.masked_lm_loss(labels, logits)[0])
+        assert logits.dtype == ("bfloat16" if precision == "mixed_bfloat16" else "float32")
+        gradients = tape.gradient(loss, model.trainable_variables)
+        untouched = {v.path for v, g in zip(model.trainable_variables, gradients) if g is None}
+        assert untouched and all("pooled_dense" in path for path in untouched)  # no NSP task
+        with float32_compute(model):
+            expected = model(inputs).numpy()
+            mlm.export_pretrained(loaded, head, str(tmp_path / "export"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    saved = tf.saved_model.load(str(tmp_path / "export" / "encoder"))
+    exported = saved.mlm(inputs)
+    np.testing.assert_allclose(exported["mlm_logits"].numpy(), expected, atol=1e-5)
+    assert len(saved.mlm.variables) == len(model.weights)  # not the dropout seed states
+    # The encoder's own TF Hub contract is unchanged: it loads again, on either path.
+    for implementation in ("keras", "saved_model"):
+        again = load_bert_encoder(str(tmp_path / "export" / "encoder"),
+                                  str(tmp_path / "export" / "preprocessor"), seq_length=16,
+                                  implementation=implementation)
+        np.testing.assert_allclose(
+            again.layer({k: inputs[k] for k in ("input_word_ids", "input_mask",
+                                                 "input_type_ids")})["sequence_output"].numpy(),
+            exported["sequence_output"].numpy(), atol=1e-5)

@@ -92,7 +92,11 @@ def test_text_classifier_fine_tunes_the_pretrained_encoder(scratch_run, toy_csv,
     assert metrics["test"]["accuracy"] >= 0.8
 
 
-def test_continued_pretraining_of_a_bert_lowers_its_heldout_loss(toy_bert, tmp_path):
+@pytest.mark.parametrize("flags", [
+    [],
+    pytest.param(["--model.implementation=keras", "--runtime.precision=mixed_bfloat16"],
+                 marks=pytest.mark.slow, id="keras-bfloat16")])
+def test_continued_pretraining_of_a_bert_lowers_its_heldout_loss(toy_bert, tmp_path, flags):
     words = "the team won the match with a great goal and the market made a profit".split()
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(" ".join(words[i % 5:] + words[:i % 5]) for i in range(300)))
@@ -100,8 +104,10 @@ def test_continued_pretraining_of_a_bert_lowers_its_heldout_loss(toy_bert, tmp_p
                          f"--model.encoder={toy_bert[0]}", f"--model.preprocessor={toy_bert[1]}",
                          f"--data.path={corpus}", "--data.heldout_fraction=0.2",
                          "--model.seq_length=32", "--train.max_steps=30",
-                         "--train.global_batch_size=16", "--train.learning_rate=3e-3"])
+                         "--train.global_batch_size=16", "--train.learning_rate=3e-3", *flags])
     assert result.returncode == 0, result.stderr[-3000:]
+    if flags:
+        assert "Keras-native" in result.stdout and "bfloat16: " in result.stdout
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     vocab = os.path.join(os.path.dirname(toy_bert[0]), "vocab.txt")
     assert metrics["mode"] == "continued" and metrics["vocab_size"] == sum(1 for _ in open(vocab))

@@ -101,6 +101,14 @@ class HeadFirstTrainConfig(TrainConfig):
                                    learning_rate=self.head_learning_rate)
 
 
+def implementation_option() -> typing.Any:
+    """The ``model.implementation`` flag of the BERT recipes."""
+    return option("'keras': the weights in a KerasHub BertBackbone (mixed precision reaches it, "
+                  "XLA, LoRA); 'saved_model': the restored SavedModel (any TF Hub-format "
+                  "encoder); 'auto': Keras when the weights map", "saved_model",
+                  ("auto", "keras", "saved_model"))
+
+
 @dataclasses.dataclass
 class BertEncoderConfig:
     """The model options of every recipe that fine-tunes a TF Hub-format BERT encoder; a recipe's
@@ -111,10 +119,7 @@ class BertEncoderConfig:
                           "(converted once)", "minilm_l6")
     preprocessor: str = option("matching TF Hub-format preprocessor ('' = the preset's)", "")
     trainable: bool = option("fine-tune the encoder (false: train the head only)", True)
-    implementation: str = option("'keras': the weights in a KerasHub BertBackbone (mixed precision "
-                                 "reaches it, XLA, LoRA); 'saved_model': the restored SavedModel "
-                                 "(any TF Hub-format encoder); 'auto': Keras when the weights map",
-                                 "saved_model", ("auto", "keras", "saved_model"))
+    implementation: str = implementation_option()
     lora_rank: int = option("train rank-N LoRA adapters on the attention query/value projections "
                             "(and the head) instead of the encoder's weights; merged into the "
                             "export (needs implementation keras or auto; 0 = off)", 0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -55,13 +56,15 @@ def _save_reusable(path, call, input_spec, serve, variables, trainable_variables
         tf.saved_model.save(saved, tmp, signatures={"serving_default": serve})
 
 
-def export_bert_encoder(backbone: keras.Model, path: str) -> None:
+def export_bert_encoder(backbone: keras.Model, path: str, **children: Any) -> None:
     """Writes a ``keras_hub.models.BertBackbone`` as a TF Hub-format BERT encoder at ``path``.
 
     Args:
         backbone: a built ``keras_hub.models.BertBackbone`` (functional, with ``token_ids``,
             ``segment_ids`` and ``padding_mask`` inputs and ``transformer_layer_<i>`` layers).
         path: output directory, written atomically.
+        children: trackable objects saved as attributes of the SavedModel's root (the masked-LM
+            recipe's ``mlm``).
 
     Example:
         >>> backbone = keras_hub.models.BertBackbone(vocabulary_size=100, num_layers=1,
@@ -95,7 +98,7 @@ def export_bert_encoder(backbone: keras.Model, path: str) -> None:
         return {"pooled_output": out["pooled_output"], "sequence_output": out["sequence_output"]}
 
     _save_reusable(path, call, _int_specs(), serve, _variables(model.variables),
-                   _variables(model.trainable_variables))
+                   _variables(model.trainable_variables), **children)
 
 
 def normalize_uncased(strings: tf.Tensor) -> tf.Tensor:

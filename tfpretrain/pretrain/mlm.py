@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -32,7 +32,6 @@ from tfpretrain.hub_export import normalize_uncased
 
 if TYPE_CHECKING:
     from tfpretrain.encoders.bert import LoadedBertEncoder
-    from tfpretrain.hub import HubLayer
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -172,16 +171,26 @@ class MaskedLMHead(keras.layers.Layer):
 
     KerasHub's ``MaskedLMHead`` ties only to a KerasHub ``ReversibleEmbedding`` layer; an encoder
     loaded from a SavedModel has its table as a plain variable, which this head takes.
+
+    ``tied=False`` gives the head its own output table of the same shape (initialised as BERT's
+    weights are): the softmax's gradient then no longer reaches the input embeddings, which it
+    otherwise pushes all rare tokens along one shared direction ("representation degeneration",
+    Gao et al. 2019).
     """
 
     def __init__(self, embeddings: keras.Variable, activation: str = "gelu",
-                 epsilon: float = 1e-12, **kwargs: Any) -> None:
+                 epsilon: float = 1e-12, tied: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         vocab_size, width = embeddings.shape
-        # A closure, not an attribute: the table is the encoder's weight, and an attribute would
-        # make it this layer's too (tracked, saved and trained twice).
-        self._embeddings = lambda: embeddings
         initializer = keras.initializers.TruncatedNormal(stddev=0.02)
+        if tied:
+            # A closure, not an attribute: the table is the encoder's weight, and an attribute
+            # would make it this layer's too (tracked, saved and trained twice).
+            self._embeddings = lambda: embeddings
+        else:
+            table = self.add_weight(shape=(vocab_size, width), initializer=initializer,
+                                    name="output_embeddings")
+            self._embeddings = lambda: table
         self.transform = keras.layers.Dense(width, activation=activation,
                                             kernel_initializer=initializer, name="transform")
         self.layer_norm = keras.layers.LayerNormalization(epsilon=epsilon, name="layer_norm")
@@ -193,7 +202,9 @@ class MaskedLMHead(keras.layers.Layer):
     def call(self, sequence: tf.Tensor, positions: tf.Tensor) -> tf.Tensor:
         hidden = tf.gather(sequence, positions, batch_dims=1)
         hidden = self.layer_norm(self.transform(hidden))
-        return tf.matmul(hidden, self._embeddings(), transpose_b=True) + self.output_bias
+        # Under a mixed policy the table is float32 and the hidden states are not.
+        table = tf.cast(self._embeddings(), hidden.dtype)
+        return tf.matmul(hidden, table, transpose_b=True) + self.output_bias
 
 
 def word_embeddings(encoder_layer: keras.layers.Layer, vocab_size: int) -> keras.Variable:
@@ -208,10 +219,11 @@ def word_embeddings(encoder_layer: keras.layers.Layer, vocab_size: int) -> keras
     return (named or tables)[0]
 
 
-def build_mlm_model(encoder_layer: keras.layers.Layer,
-                    vocab_size: int) -> tuple[keras.Model, MaskedLMHead]:
+def build_mlm_model(encoder_layer: keras.layers.Layer, vocab_size: int,
+                    tied: bool = True) -> tuple[keras.Model, MaskedLMHead]:
     """A masked-LM model: BERT inputs plus ``masked_lm_positions`` → logits ``[batch, positions,
-    vocab_size]``, the head tied to the encoder's word embeddings.
+    vocab_size]``, the head tied to the encoder's word embeddings (or, ``tied=False``, with its
+    own output table).
 
     Example:
         >>> loaded = load_encoder("minilm_l6")  # doctest: +SKIP
@@ -220,7 +232,7 @@ def build_mlm_model(encoder_layer: keras.layers.Layer,
     inputs = {name: keras.Input((None,), dtype="int32", name=name)
               for name in INPUT_NAMES + ("masked_lm_positions",)}
     sequence = encoder_layer({name: inputs[name] for name in INPUT_NAMES})["sequence_output"]
-    head = MaskedLMHead(word_embeddings(encoder_layer, vocab_size), name="mlm_head")
+    head = MaskedLMHead(word_embeddings(encoder_layer, vocab_size), tied=tied, name="mlm_head")
     model = keras.Model(inputs, head(sequence, inputs["masked_lm_positions"]), name="bert_mlm")
     return model, head
 
@@ -267,13 +279,13 @@ def most_frequent_token_baseline(
     return token, hits / max(total, 1)
 
 
-def export_encoder_with_mlm(encoder_layer: HubLayer, head: MaskedLMHead, path: str) -> None:
-    """Writes the trained encoder (a ``HubLayer``'s SavedModel, its variables updated in place)
-    at ``path`` with an ``mlm`` sub-object: ``mlm(inputs, training=False)`` on the encoder's inputs
-    plus int32 ``masked_lm_positions`` ``[batch, positions]`` returns the encoder's outputs plus
-    ``mlm_logits`` ``[batch, positions, vocab]``; ``mlm.variables`` holds the encoder's and the
-    head's. The encoder's own contract (``__call__``, ``serving_default``) is unchanged."""
-    encoder = encoder_layer.saved_model
+def mlm_object(encoder: Callable, head: MaskedLMHead, variables: list,
+               trainable_variables: list) -> tf.Module:
+    """The ``mlm`` sub-object of an exported encoder: ``mlm(inputs, training=False)`` on the
+    encoder's inputs plus int32 ``masked_lm_positions`` ``[batch, positions]`` returns the
+    encoder's outputs plus ``mlm_logits`` ``[batch, positions, vocab]``; its ``variables`` are
+    the encoder's (``variables``, ``trainable_variables``: as the SavedModel stores them) and the
+    head's. ``encoder``: ``f(inputs, training=...) -> {"sequence_output", ...}``."""
     specs = {name: tf.TensorSpec([None, None], tf.int32, name=name)
              for name in INPUT_NAMES + ("masked_lm_positions",)}
 
@@ -287,10 +299,30 @@ def export_encoder_with_mlm(encoder_layer: HubLayer, head: MaskedLMHead, path: s
         call.get_concrete_function(specs, training=training)
     mlm = tf.__internal__.tracking.AutoTrackable()
     mlm.__call__ = call
-    mlm.variables = list(encoder.variables) + [w.value for w in head.weights]
-    mlm.trainable_variables = (list(encoder.trainable_variables)
+    mlm.variables = list(variables) + [w.value for w in head.weights]
+    mlm.trainable_variables = (list(trainable_variables)
                                + [w.value for w in head.trainable_weights])
-    encoder.mlm = mlm
+    return mlm
+
+
+def export_encoder_with_mlm(encoder_layer: keras.layers.Layer, head: MaskedLMHead,
+                            path: str) -> None:
+    """Writes the trained encoder at ``path`` in the TF Hub format with an ``mlm`` sub-object
+    (``mlm_object``); the encoder's own contract (``__call__``, ``serving_default``) is unchanged.
+
+    ``encoder_layer`` is a ``HubLayer`` (its SavedModel, variables updated in place, is saved
+    again) or a ``KerasBertEncoder`` (its backbone is written by ``export_bert_encoder``)."""
+    from tfpretrain.encoders.bert import KerasBertEncoder
+    from tfpretrain.hub_export import export_bert_encoder
+
+    if isinstance(encoder_layer, KerasBertEncoder):
+        backbone = encoder_layer.backbone
+        mlm = mlm_object(encoder_layer, head, [w.value for w in backbone.weights],
+                         [w.value for w in backbone.trainable_weights])
+        export_bert_encoder(backbone, path, mlm=mlm)
+        return
+    encoder = encoder_layer.saved_model
+    encoder.mlm = mlm_object(encoder, head, encoder.variables, encoder.trainable_variables)
     with atomic_directory(path) as tmp:
         tf.saved_model.save(encoder, tmp,
                             signatures={"serving_default": encoder.signatures["serving_default"]})

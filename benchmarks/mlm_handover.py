@@ -1,0 +1,227 @@
+"""The hand-over from masked-LM pretraining to fine-tuning, measured link by link.
+
+For a ``recipes.bert_mlm_pretrain`` work directory (its ``export/``, ``initial/`` and
+``metrics.json``), prints:
+
+1. **Start weights**: held-out masked-token accuracy of the export's own ``mlm`` and of an MLM
+   model built on ``load_bert_encoder(export)`` (the fine-tuning side's loader, both
+   implementations) with the export's head: all three must equal the recipe's ``heldout_end``.
+2. **Pooler**: whether masked LM ever trained ``pooled_output``'s dense layer.
+3. **Features**: test accuracy of a logistic regression on frozen features (all training
+   articles, standardised), per pooling and layer, for the export and for ``initial/``; beside a
+   bag of word pieces and a random projection of it to the encoder's width.
+4. **Embedding geometry**: mean pairwise cosine of frequent, mid-frequency and rare pieces' input
+   embeddings, the share of variance on the top principal direction, row norms.
+
+    python -m benchmarks.mlm_handover runs/bert_mlm_pretrain
+
+Needs scikit-learn (in the dev environment, not a dependency of the package).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from benchmarks.common import markdown_table
+
+SEQ = 128
+
+
+def _texts(dataset):
+    pairs = list(dataset.as_numpy_iterator())
+    return [t for t, _ in pairs], np.array([y for _, y in pairs])
+
+
+def start_weights(workdir):
+    """Link 1: ``[(what, accuracy, loss)]`` on the recipe's held-out windows and masks."""
+    import tensorflow as tf
+
+    import tfpretrain as tp
+
+    export = os.path.join(workdir, "export")
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    model_config, seed = config["model"], config["train"]["seed"]
+    data = tp.MlmDataConfig(**config["data"])
+    loaded = tp.load_bert_encoder(f"{export}/encoder", f"{export}/preprocessor",
+                                  seq_length=model_config["seq_length"])
+    masking = tp.mlm.Masking.from_vocabulary(
+        f"{export}/vocab.txt", seq_length=loaded.seq_length,
+        mask_rate=model_config["mask_rate"], whole_word=model_config["whole_word"],
+        max_predictions=model_config["max_predictions"])
+    windows = tp.mlm.make_windows(tp.make_corpus(data)["heldout"], loaded.preprocessor,
+                                  loaded.seq_length).cache()
+    heldout = list(tp.mlm.make_mlm_batches(windows, masking,
+                                           config["train"]["global_batch_size"], seed=seed))
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        end = json.load(f)["heldout_end"]
+    rows = [("recipe's heldout_end (metrics.json)", end["accuracy"], end["loss"])]
+    saved = tf.saved_model.load(f"{export}/encoder")
+    loss = correct = count = 0.0
+    for inputs, labels in heldout:
+        logits = saved.mlm(inputs, training=False)["mlm_logits"]
+        losses, weights = tp.mlm.masked_lm_loss(labels, logits)
+        hits = tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == labels["masked_lm_ids"],
+                       tf.float32)
+        loss += float(tf.reduce_sum(losses * weights))
+        correct += float(tf.reduce_sum(hits * weights))
+        count += float(tf.reduce_sum(weights))
+    rows.append(("export's own `mlm`", correct / count, loss / count))
+    head_weights = saved.mlm.variables[len(saved.variables):]
+    for implementation in ("saved_model", "keras"):
+        encoder = tp.load_bert_encoder(f"{export}/encoder", f"{export}/preprocessor",
+                                       seq_length=loaded.seq_length,
+                                       implementation=implementation)
+        tied = not any("output_embeddings" in w.name for w in head_weights)
+        model, head = tp.mlm.build_mlm_model(encoder.layer, masking.vocab_size, tied=tied)
+        for weight, value in zip(head.weights, head_weights):
+            weight.assign(value)
+        score = tp.mlm.evaluate_mlm(model, heldout)
+        rows.append((f"`load_bert_encoder(export, implementation={implementation})` + the "
+                     "export's head", score["accuracy"], score["loss"]))
+    return rows
+
+
+def frozen_features(encoder_dir, texts):
+    """``{feature: [N, width]}`` of frozen-encoder features, and the pooler's weights."""
+    import tensorflow as tf
+
+    import tfpretrain as tp
+
+    loaded = tp.load_bert_encoder(f"{encoder_dir}/encoder", f"{encoder_dir}/preprocessor",
+                                  trainable=False, seq_length=SEQ)
+    table = tp.mlm.word_embeddings(loaded.layer, int(loaded.preprocessor.vocab_size.numpy()))
+    features = {}
+    for start in range(0, len(texts), 64):
+        inputs = tp.pack_texts(loaded.preprocessor, tf.constant(texts[start:start + 64]), SEQ,
+                               "head_tail")
+        outputs = loaded.layer(inputs, training=False)
+        mask = tf.cast(inputs["input_mask"], tf.float32)[..., None]
+
+        def mean(x, mask=mask):
+            return (tf.reduce_sum(x * mask, 1) / tf.reduce_sum(mask, 1)).numpy()
+
+        batch = {"mean of input embeddings": mean(tf.gather(table, inputs["input_word_ids"])),
+                 "CLS (sequence_output[:, 0])": outputs["sequence_output"][:, 0].numpy(),
+                 "pooled_output": outputs["pooled_output"].numpy(),
+                 "mean of sequence_output": mean(outputs["sequence_output"])}
+        for layer, output in enumerate(outputs.get("encoder_outputs", [])[:-1]):
+            batch[f"mean of layer {layer} output"] = mean(output)
+        for name, value in batch.items():
+            features.setdefault(name, []).append(value)
+    pooler = {w.name: w.numpy() for w in loaded.layer.weights if "pooled_dense" in w.name
+              or "pooler" in w.name}
+    return {k: np.concatenate(v) for k, v in features.items()}, pooler, table.numpy()
+
+
+def probe(train, train_labels, test, test_labels):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train)
+    classifier = LogisticRegression(max_iter=5000).fit(scaler.transform(train), train_labels)
+    return classifier.score(scaler.transform(test), test_labels)
+
+
+def bags_of_pieces(encoder_dir, texts, vocab_size):
+    """``[N, vocab_size]`` piece frequencies of each text's first ``SEQ`` tokens (as encoded)."""
+    import tensorflow as tf
+
+    import tfpretrain as tp
+
+    preprocessor = tp.hub.load_saved_model(f"{encoder_dir}/preprocessor")
+    bags = []
+    for start in range(0, len(texts), 256):
+        inputs = tp.pack_texts(preprocessor, tf.constant(texts[start:start + 256]), SEQ,
+                               "head_tail")
+        for ids, mask in zip(inputs["input_word_ids"].numpy(), inputs["input_mask"].numpy()):
+            bag = np.bincount(ids[mask > 0], minlength=vocab_size)[:vocab_size]
+            bags.append(bag / bag.sum())
+    return np.array(bags)
+
+
+def piece_counts(encoder_dir, texts, vocab_size):
+    import tensorflow as tf
+
+    import tfpretrain as tp
+
+    preprocessor = tp.hub.load_saved_model(f"{encoder_dir}/preprocessor")
+    counts = np.zeros(vocab_size)
+    for start in range(0, len(texts), 256):
+        ids = tp.pack_texts(preprocessor, tf.constant(texts[start:start + 256]), 512,
+                            "head")["input_word_ids"].numpy()
+        counts += np.bincount(ids.ravel(), minlength=vocab_size)[:vocab_size]
+    return counts
+
+
+def geometry(table, counts):
+    """Mean pairwise cosine by frequency band, top principal direction's variance share."""
+    unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+    order = np.argsort(-counts)
+    bands = {"frequent (ranks 5-204)": order[5:205], "mid (ranks 1000-1199)": order[1000:1200],
+             "rare (200 pieces, ~20 occurrences)": order[-400:-200]}
+
+    def mean_cosine(a, b=None):
+        same = b is None
+        b = a if same else b
+        similarities = unit[a] @ unit[b].T
+        if same:
+            return (similarities.sum() - len(a)) / (len(a) * (len(a) - 1))
+        return similarities.mean()
+
+    values = np.linalg.svd(table - table.mean(0), compute_uv=False) ** 2
+    row = {f"cos, {k}": mean_cosine(v) for k, v in bands.items()}
+    row["cos, rare vs frequent"] = mean_cosine(bands["rare (200 pieces, ~20 occurrences)"],
+                                               bands["frequent (ranks 5-204)"])
+    row["top direction's variance share"] = values[0] / values.sum()
+    row["row norm"] = float(np.linalg.norm(table, axis=1).mean())
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workdir", help="a recipes.bert_mlm_pretrain work directory")
+    args = parser.parse_args(argv)
+    import tfpretrain as tp
+
+    print("## 1. Start weights (held-out masked tokens)\n")
+    print(markdown_table(["model", "accuracy", "loss"],
+                         [(w, f"{100 * a:.2f}%", f"{loss:.4f}")
+                          for w, a, loss in start_weights(args.workdir)]))
+    data = tp.load_text_data(tp.TextDataConfig())
+    (train, y_train), (test, y_test) = (_texts(data.datasets[s]) for s in ("train", "test"))
+    results, geometries = {}, {}
+    print("\n## 2. Pooler (`pooled_output`'s dense layer; masked LM has no task that trains it)")
+    for name in ("initial", "export"):
+        directory = os.path.join(args.workdir, name)
+        train_features, pooler, table = frozen_features(directory, train)
+        test_features, _, _ = frozen_features(directory, test)
+        results[name] = {k: probe(train_features[k], y_train, test_features[k], y_test)
+                         for k in train_features}
+        counts = piece_counts(directory, train, table.shape[0])
+        geometries[name] = geometry(table, counts)
+        print(f"\n{name}: " + ", ".join(f"{k} std {v.std():.4f}" for k, v in pooler.items()))
+    print("\n## 3. Linear probes on frozen features (BBC News test accuracy)\n")
+    print(markdown_table(["features", "initial/", "export/"],
+                         [(k, f"{100 * results['initial'][k]:.2f}%",
+                           f"{100 * results['export'][k]:.2f}%") for k in results["export"]]))
+    directory = os.path.join(args.workdir, "export")
+    bags = [bags_of_pieces(directory, texts, table.shape[0]) for texts in (train, test)]
+    projection = np.random.default_rng(0).normal(size=(table.shape[0], table.shape[1]))
+    print(f"\nfor scale, on the same {SEQ} tokens: bag of word pieces "
+          f"{100 * probe(bags[0], y_train, bags[1], y_test):.2f}%, a random "
+          f"{table.shape[1]}-d projection of it "
+          f"{100 * probe(bags[0] @ projection, y_train, bags[1] @ projection, y_test):.2f}%")
+    print("\n## 4. Input-embedding geometry\n")
+    print(markdown_table(["", "initial/", "export/"],
+                         [(k, f"{geometries['initial'][k]:.3f}", f"{geometries['export'][k]:.3f}")
+                          for k in geometries["export"]]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

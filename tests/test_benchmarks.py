@@ -1,0 +1,77 @@
+"""The benchmark scripts' own logic: which examples a learning-curve point trains on, for how
+many steps, and what the table reports."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from benchmarks import label_curves
+
+LABELS = [0] * 30 + [1] * 30 + [2] * 3
+
+
+def test_sample_per_class_draws_each_class_equally_and_repeatably():
+    chosen = label_curves.sample_per_class(LABELS, 5, seed=0)
+    counts = np.bincount(np.asarray(LABELS)[chosen])
+    assert counts.tolist() == [5, 5, 3]  # class 2 has only 3: all of them
+    assert chosen == label_curves.sample_per_class(LABELS, 5, seed=0)
+    assert chosen != label_curves.sample_per_class(LABELS, 5, seed=1)
+
+
+def test_a_larger_count_keeps_the_smaller_counts_examples():
+    for seed in range(3):
+        small = set(label_curves.sample_per_class(LABELS, 2, seed))
+        assert small <= set(label_curves.sample_per_class(LABELS, 10, seed))
+
+
+@pytest.mark.parametrize("examples, expected", [(5, (5, 100)), (250, (32, 100)),
+                                                (1000, (32, 320))])
+def test_training_steps_has_a_floor_of_steps_and_of_epochs(examples, expected):
+    assert label_curves.training_steps(examples, 32, min_steps=100, min_epochs=10) == expected
+
+
+def test_parse_curve():
+    assert label_curves.parse_curve("a b=runs/x/export:frozen@1e-2", 1e-3) == {
+        "name": "a b", "encoder": "runs/x/export", "frozen": True, "learning_rate": 1e-2}
+    assert label_curves.parse_curve("c=minilm_l6", 1e-3) == {
+        "name": "c", "encoder": "minilm_l6", "frozen": False, "learning_rate": 1e-3}
+    with pytest.raises(Exception, match="NAME=ENCODER"):
+        label_curves.parse_curve("no-encoder", 1e-3)
+
+
+def test_summary_is_mean_and_sample_spread_per_point():
+    runs = [{"curve": "a", "per_class": 1, "accuracy": x} for x in (0.5, 0.7)]
+    runs.append({"curve": "a", "per_class": 2, "accuracy": 0.9})
+    table = label_curves.summarise(runs, [{"name": "a"}], [1, 2, 5])
+    assert table["a", 1] == pytest.approx((0.6, np.std([0.5, 0.7], ddof=1), 2))
+    assert table["a", 2] == (0.9, 0.0, 1)
+    assert ("a", 5) not in table
+
+
+@pytest.mark.slow
+def test_label_curves_end_to_end_on_the_toy_bert(toy_bert, toy_csv, tmp_path):
+    root = os.path.dirname(toy_bert[0])
+    workdir = tmp_path / "curves"
+    command = [sys.executable, "-m", "benchmarks.label_curves", f"--workdir={workdir}",
+               "--labels=1,4", "--seeds=2", "--min-steps=3", "--min-epochs=1",
+               "--seq-length=16", f"--data=train_file={toy_csv['train']}",
+               f"--data=test_file={toy_csv['test']}", f"--curve=tuned={root}",
+               f"--curve=frozen={root}:frozen@1e-2"]
+    cwd = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(workdir / "runs.jsonl") as f:
+        runs = [json.loads(line) for line in f]
+    assert len(runs) == 2 * 2 * 2
+    assert {(r["curve"], r["per_class"], r["examples"]) for r in runs} == {
+        (c, k, 2 * k) for c in ("tuned", "frozen") for k in (1, 4)}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["steps"] >= 3 for r in runs)
+    assert "| labels per class | tuned" in result.stdout
+    assert (workdir / "curves.png").stat().st_size > 10_000
+    # A finished run is read, not repeated.
+    again = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "[curves]" not in again.stdout

@@ -9,6 +9,8 @@ with warm-up, 7 epochs.
 
     python -m recipes.bert_mlm_pretrain
     python -m recipes.bert_mlm_pretrain --model.encoder=minilm_l6 --train.learning_rate=5e-5
+    python -m recipes.bert_mlm_pretrain --model.implementation=keras \\
+        --runtime.precision=mixed_bfloat16       # bfloat16 reaches the encoder
     python -m recipes.bert_mlm_pretrain --data.name=imdb_reviews --data.split=unsupervised
     python -m recipes.bert_mlm_pretrain --data.path=my_corpus/ --data.document=file
 """

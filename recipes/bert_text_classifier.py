@@ -11,9 +11,9 @@ a 2-core CPU.
     python -m recipes.bert_text_classifier
     python -m recipes.bert_text_classifier --data.name=glue/sst2 --data.test_split=
     python -m recipes.bert_text_classifier --model.encoder=<dir> --model.preprocessor=<dir>
-    python -m recipes.bert_text_classifier --data.train_file=mrpc/train.tsv \
+    python -m recipes.bert_text_classifier --data.train_file=mrpc/train.tsv \\
         --data.text_key=sentence1,sentence2            # pairs: serving_default(text_a, text_b)
-    python -m recipes.bert_text_classifier --data.train_file=stsb/train.tsv \
+    python -m recipes.bert_text_classifier --data.train_file=stsb/train.tsv \\
         --data.text_key=sentence1,sentence2 --data.label_key=score    # regression
 """
 

@@ -13,7 +13,7 @@ of the two embeddings.
     python -m recipes.use_text_classifier --model.hidden_units= --model.dropout=0.2
     python -m recipes.use_text_classifier --model.trainable=true
     python -m recipes.use_text_classifier --model.encoder=https://tfhub.dev/google/universal-sentence-encoder/4
-    python -m recipes.use_text_classifier --data.train_file=stsb/train.tsv \
+    python -m recipes.use_text_classifier --data.train_file=stsb/train.tsv \\
         --data.text_key=sentence1,sentence2 --data.label_key=score
 """
 

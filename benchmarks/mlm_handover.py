@@ -15,7 +15,7 @@ For a ``recipes.bert_mlm_pretrain`` work directory (its ``export/``, ``initial/`
 
     python -m benchmarks.mlm_handover runs/bert_mlm_pretrain
 
-Needs scikit-learn (in the dev environment, not a dependency of the package).
+Uses scikit-learn (a dependency: the digits builders read its bundled data) for the probes.
 """
 
 import argparse

@@ -255,3 +255,26 @@ def test_keras_native_encoder_trains_and_exports_its_mlm(toy_bert, toy, tmp_path
             again.layer({k: inputs[k] for k in ("input_word_ids", "input_mask",
                                                  "input_type_ids")})["sequence_output"].numpy(),
             exported["sequence_output"].numpy(), atol=1e-5)
+
+
+def test_a_new_bert_is_written_in_float32_under_a_mixed_policy(tmp_path):
+    from types import SimpleNamespace
+
+    from tfpretrain.encoders.bert import load_bert_encoder
+    from tfpretrain.pretrain.scratch import build_new_bert
+
+    config = SimpleNamespace(vocab_size=60, lower_case=True, seq_length=16, num_layers=1,
+                             num_heads=2, hidden_dim=8, intermediate_dim=16, dropout=0.0)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        encoder, preprocessor = build_new_bert(config, _documents(40, 20),
+                                               str(tmp_path / "initial"))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    saved = tf.saved_model.load(encoder)
+    inputs = {"input_word_ids": tf.constant([[2, 7, 4, 3]]),
+              "input_mask": tf.ones([1, 4], tf.int32),
+              "input_type_ids": tf.zeros([1, 4], tf.int32)}
+    assert saved(inputs)["sequence_output"].dtype == tf.float32
+    # ... so the Keras-native copy matches it (the parity check at load time passes).
+    assert load_bert_encoder(encoder, preprocessor, implementation="keras").layer is not None

@@ -43,6 +43,7 @@ def build_new_bert(model_config: Any, documents: tf.data.Dataset,
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads,
         hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim, dropout=m.dropout,
-        max_sequence_length=m.seq_length)
+        max_sequence_length=m.seq_length,
+        dtype="float32")  # the initial weights are a float32 encoder under any run policy
     export_bert_encoder(backbone, encoder)
     return encoder, preprocessor

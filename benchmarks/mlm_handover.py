@@ -60,16 +60,9 @@ def start_weights(workdir):
         end = json.load(f)["heldout_end"]
     rows = [("recipe's heldout_end (metrics.json)", end["accuracy"], end["loss"])]
     saved = tf.saved_model.load(f"{export}/encoder")
-    loss = correct = count = 0.0
-    for inputs, labels in heldout:
-        logits = saved.mlm(inputs, training=False)["mlm_logits"]
-        losses, weights = tp.mlm.masked_lm_loss(labels, logits)
-        hits = tf.cast(tf.argmax(logits, -1, output_type=tf.int32) == labels["masked_lm_ids"],
-                       tf.float32)
-        loss += float(tf.reduce_sum(losses * weights))
-        correct += float(tf.reduce_sum(hits * weights))
-        count += float(tf.reduce_sum(weights))
-    rows.append(("export's own `mlm`", correct / count, loss / count))
+    score = tp.mlm.evaluate_mlm(
+        lambda inputs, training=False: saved.mlm(inputs, training=training)["mlm_logits"], heldout)
+    rows.append(("export's own `mlm`", score["accuracy"], score["loss"]))
     head_weights = saved.mlm.variables[len(saved.variables):]
     for implementation in ("saved_model", "keras"):
         encoder = tp.load_bert_encoder(f"{export}/encoder", f"{export}/preprocessor",

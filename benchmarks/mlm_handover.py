@@ -78,8 +78,9 @@ def start_weights(workdir):
     return rows
 
 
-def frozen_features(encoder_dir, texts):
-    """``{feature: [N, width]}`` of frozen-encoder features, and the pooler's weights."""
+def frozen_features(encoder_dir, *text_lists):
+    """``[{feature: [N, width]}]`` of frozen-encoder features (one per list of texts, the encoder
+    loaded once), the pooler's weights and the word-embedding table."""
     import tensorflow as tf
 
     import tfpretrain as tp
@@ -87,27 +88,30 @@ def frozen_features(encoder_dir, texts):
     loaded = tp.load_bert_encoder(f"{encoder_dir}/encoder", f"{encoder_dir}/preprocessor",
                                   trainable=False, seq_length=SEQ)
     table = tp.mlm.word_embeddings(loaded.layer, int(loaded.preprocessor.vocab_size.numpy()))
-    features = {}
-    for start in range(0, len(texts), 64):
-        inputs = tp.pack_texts(loaded.preprocessor, tf.constant(texts[start:start + 64]), SEQ,
-                               "head_tail")
-        outputs = loaded.layer(inputs, training=False)
-        mask = tf.cast(inputs["input_mask"], tf.float32)[..., None]
+    results = []
+    for texts in text_lists:
+        features = {}
+        for start in range(0, len(texts), 64):
+            inputs = tp.pack_texts(loaded.preprocessor, tf.constant(texts[start:start + 64]),
+                                   SEQ, "head_tail")
+            outputs = loaded.layer(inputs, training=False)
+            mask = tf.cast(inputs["input_mask"], tf.float32)[..., None]
 
-        def mean(x, mask=mask):
-            return (tf.reduce_sum(x * mask, 1) / tf.reduce_sum(mask, 1)).numpy()
+            def mean(x, mask=mask):
+                return (tf.reduce_sum(x * mask, 1) / tf.reduce_sum(mask, 1)).numpy()
 
-        batch = {"mean of input embeddings": mean(tf.gather(table, inputs["input_word_ids"])),
-                 "CLS (sequence_output[:, 0])": outputs["sequence_output"][:, 0].numpy(),
-                 "pooled_output": outputs["pooled_output"].numpy(),
-                 "mean of sequence_output": mean(outputs["sequence_output"])}
-        for layer, output in enumerate(outputs.get("encoder_outputs", [])[:-1]):
-            batch[f"mean of layer {layer} output"] = mean(output)
-        for name, value in batch.items():
-            features.setdefault(name, []).append(value)
+            batch = {"mean of input embeddings": mean(tf.gather(table, inputs["input_word_ids"])),
+                     "CLS (sequence_output[:, 0])": outputs["sequence_output"][:, 0].numpy(),
+                     "pooled_output": outputs["pooled_output"].numpy(),
+                     "mean of sequence_output": mean(outputs["sequence_output"])}
+            for layer, output in enumerate(outputs.get("encoder_outputs", [])[:-1]):
+                batch[f"mean of layer {layer} output"] = mean(output)
+            for name, value in batch.items():
+                features.setdefault(name, []).append(value)
+        results.append({k: np.concatenate(v) for k, v in features.items()})
     pooler = {w.name: w.numpy() for w in loaded.layer.weights if "pooled_dense" in w.name
               or "pooler" in w.name}
-    return {k: np.concatenate(v) for k, v in features.items()}, pooler, table.numpy()
+    return results, pooler, table.numpy()
 
 
 def probe(train, train_labels, test, test_labels):
@@ -191,8 +195,7 @@ def main(argv=None):
     print("\n## 2. Pooler (`pooled_output`'s dense layer; masked LM has no task that trains it)")
     for name in ("initial", "export"):
         directory = os.path.join(args.workdir, name)
-        train_features, pooler, table = frozen_features(directory, train)
-        test_features, _, _ = frozen_features(directory, test)
+        (train_features, test_features), pooler, table = frozen_features(directory, train, test)
         results[name] = {k: probe(train_features[k], y_train, test_features[k], y_test)
                          for k in train_features}
         counts = piece_counts(directory, train, table.shape[0])

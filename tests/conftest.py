@@ -23,11 +23,15 @@ TOY_ROWS = [
 ]
 
 
-# Every test (and every subprocess it starts) uses a private cache, never ~/.cache.
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path_factory, monkeypatch):
+# Every test (and every subprocess it starts) uses a private cache, never ~/.cache. Session scope:
+# set before any module- or session-scoped fixture runs a recipe (a function-scoped fixture came too
+# late for them, and their presets, such as digits_resnet, went into the user's cache).
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
     cache = tmp_path_factory.getbasetemp() / "tfpretrain_cache"
-    monkeypatch.setenv("TFPRETRAIN_CACHE", str(cache))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TFPRETRAIN_CACHE", str(cache))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -78,3 +78,16 @@ def test_minilm_l6_sentence_matches_sentence_transformers_in_a_fresh_process():
     served = serve_in_fresh_process(info["encoder"], texts, "inputs", "outputs")
     assert served.shape == (len(texts), 384)
     assert np.abs(served - expected).max() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def cache_seen_by_a_module_fixture():
+    return os.environ.get("TFPRETRAIN_CACHE")
+
+
+def test_module_fixtures_use_the_private_cache_too(cache_seen_by_a_module_fixture,
+                                                   tmp_path_factory):
+    # A module-scoped fixture that runs a recipe (tests/test_image_recipes.py) must not install
+    # presets into the user's cache.
+    assert cache_seen_by_a_module_fixture == str(tmp_path_factory.getbasetemp()
+                                                 / "tfpretrain_cache")

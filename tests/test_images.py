@@ -60,6 +60,45 @@ def test_digits_are_deterministic_across_preparations(digits_dir, tmp_path):
                 == _records("digits_target", split, str(tmp_path)))
 
 
+def test_glyphs_render_like_the_uci_digits_and_repeat_exactly():
+    from sklearn.datasets import load_digits
+
+    from tfpretrain.data import glyphs
+
+    first = list(glyphs.examples(("5", "A"), "train", 2))
+    assert len(first) == len(glyphs.FONTS) * 2 * 2
+    assert all(image.shape == (8, 8, 1) and image.dtype == np.uint8 for _, _, image in first)
+    again = list(glyphs.examples(("5", "A"), "train", 2))
+    assert all(a[0] == b[0] and np.array_equal(a[2], b[2]) for a, b in zip(first, again))
+    other = list(glyphs.examples(("5", "A"), "validation", 2))
+    assert not any(np.array_equal(a[2], b[2]) for a, b in zip(first, other))
+    # Stroke weight and height like the handwritten digits: mean intensity within the digits'
+    # 1st-99th percentile range, and the glyph reaches (nearly) the top and bottom rows.
+    ink = np.array([image.mean() / 255 for _, _, image in first])
+    digits = load_digits().images.mean(axis=(1, 2)) / 16
+    low, high = np.percentile(digits, [1, 99])
+    assert np.mean((ink >= low - 0.02) & (ink <= high + 0.02)) > 0.95
+    rows = np.array([(image[..., 0].max(axis=1) > 40).sum() for _, _, image in first])
+    assert np.median(rows) == 8
+
+
+def test_every_glyph_font_draws_every_class():
+    from tfpretrain.data import glyphs
+
+    assert len(glyphs.CLASSES) == 47 and len(set(glyphs.CLASSES)) == 47
+    for font in glyphs.FONTS:
+        for char in glyphs.CLASSES:
+            image = glyphs.glyph(font, char)
+            assert image.ndim == 2 and min(image.shape) >= 5, (font, char)
+
+
+def test_glyphs_configs_name_their_classes(digits_dir):
+    builder = tfds.builder("glyphs/no_5_to_9", data_dir=digits_dir)
+    names = builder.info.features["label"].names
+    assert len(names) == 42 and not set("56789") & set(names)
+    assert len(tfds.builder("glyphs", data_dir=digits_dir).info.features["label"].names) == 47
+
+
 def test_digits_target_default_config_keeps_20_per_class(digits_dir, capsys):
     datasets, names = make_image_datasets(ImageDataConfig(data_dir=digits_dir))
     assert (names == ["5", "6", "7", "8", "9"]

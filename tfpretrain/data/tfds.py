@@ -211,6 +211,58 @@ class DigitsTarget(_Digits):
         return digits_target_split()
 
 
+class Glyphs(tfds.core.GeneratorBasedBuilder):
+    """Printed characters rendered like the UCI digits (``tfpretrain.data.glyphs``): 22 fonts, 16
+    random renderings of each character per font in ``train`` and 2 others in ``validation``.
+
+    Configs: ``glyphs/all`` (the default: EMNIST Balanced's 47 classes, 16,544 / 2,068 images) and
+    ``glyphs/no_5_to_9`` (42 classes, without a printed form of ``digits_target``'s classes).
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "matplotlib's fonts, UCI-style 8x8 block counts."}
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name="all", description="digits, capitals and 11 lower-case "
+                                "letters (47 classes)"),
+        tfds.core.BuilderConfig(name="no_5_to_9", description="the same without the digits 5-9 "
+                                "(42 classes)"),
+    ]
+    PER_FONT = {"train": 16, "validation": 2}
+
+    def _classes(self):
+        from tfpretrain.data import glyphs
+
+        if self.builder_config.name == "no_5_to_9":
+            return tuple(c for c in glyphs.CLASSES if c not in "56789")
+        return glyphs.CLASSES
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 1)),
+                "label": tfds.features.ClassLabel(names=self._classes()),
+                "index_in_class": tfds.features.Scalar(dtype=np.int64),
+            }),
+            supervised_keys=("image", "label"),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # rendered here from matplotlib's fonts
+        return {split: self._generate_examples(split, n) for split, n in self.PER_FONT.items()}
+
+    def _generate_examples(self, split, per_font):
+        from tfpretrain.data import glyphs
+
+        classes = self._classes()
+        ranks = dict.fromkeys(classes, 0)
+        for key, char, image in glyphs.examples(classes, split, per_font):
+            yield key, {"image": image, "label": classes.index(char),
+                        "index_in_class": ranks[char]}
+            ranks[char] += 1
+
+
 def default_data_dir() -> str:
     """Where TFDS datasets are prepared by default: ``tensorflow_datasets`` in the zoo's cache."""
     return os.path.join(cache_dir(), "tensorflow_datasets")

@@ -72,12 +72,14 @@ def test_glyphs_render_like_the_uci_digits_and_repeat_exactly():
     assert all(a[0] == b[0] and np.array_equal(a[2], b[2]) for a, b in zip(first, again))
     other = list(glyphs.examples(("5", "A"), "validation", 2))
     assert not any(np.array_equal(a[2], b[2]) for a, b in zip(first, other))
-    # Stroke weight and height like the handwritten digits: mean intensity within the digits'
-    # 1st-99th percentile range, and the glyph reaches (nearly) the top and bottom rows.
+    # Stroke weight and height like the handwritten digits: the median mean intensity within the
+    # digits' 1st-99th percentile range and nine in ten renderings near it, and the glyph reaches
+    # the top and bottom rows.
     ink = np.array([image.mean() / 255 for _, _, image in first])
     digits = load_digits().images.mean(axis=(1, 2)) / 16
     low, high = np.percentile(digits, [1, 99])
-    assert np.mean((ink >= low - 0.02) & (ink <= high + 0.02)) > 0.95
+    assert low <= np.median(ink) <= high
+    assert np.mean((ink >= low - 0.02) & (ink <= high + 0.02)) > 0.9
     rows = np.array([(image[..., 0].max(axis=1) > 40).sum() for _, _, image in first])
     assert np.median(rows) == 8
 

@@ -4,9 +4,10 @@ classes for supervised image pretraining.
 Each image is one character drawn with one of the Latin fonts matplotlib ships (DejaVu Sans, Sans
 Mono and Serif and STIX General in four styles each; Computer Modern roman, bold, sans, typewriter,
 text italic and math italic), put through a random affine warp (height, aspect, rotation, slant,
-position) and a random stroke weight onto a 32x32 binary bitmap, then reduced the way the UCI
-"optical recognition of handwritten digits" data (``sklearn.datasets.load_digits``) was made:
-the number of set pixels in each 4x4 block, 0-16, as an 8x8 image. Stored as uint8 ``round(count *
+position), an elastic displacement field and a random stroke weight onto a 32x32 binary bitmap,
+then reduced the way the UCI "optical recognition of handwritten digits" data
+(``sklearn.datasets.load_digits``) was made: the number of set pixels in each 4x4 block, 0-16, as
+an 8x8 image. Stored as uint8 ``round(count *
 255 / 16)``, like the digits builders, so both go through the same input pipeline.
 
 The classes are EMNIST Balanced's 47 (Cohen et al. 2017): the ten digits, the 26 capitals and the
@@ -34,6 +35,7 @@ FONTS = tuple(f"{family}{style}.ttf" for family, styles in (
 ) for style in styles)
 BITMAP = 32  # side of the binary bitmap; 4x4 blocks of it make the 8x8 image
 RENDER_SIZE = 96  # pixels per em when drawing a glyph before the warp
+ELASTIC = (34.0, 4.0)  # displacement scale and smoothness in bitmap pixels (Simard et al. 2003)
 
 
 @lru_cache(maxsize=None)
@@ -60,10 +62,11 @@ def render(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     The glyph's height becomes 28-32 pixels of the 32 (the UCI digits fill the height), its width
     follows with an aspect factor in [0.9, 1.4] (at most 30 pixels), then it is rotated by up to
-    ±10°, slanted by a shear of up to ±0.3 and centred with a shift of up to ±1.5 pixels. The
-    stroke weight is normalised like a pen's: of the bitmap cut at 0.5, one erosion of it and up
-    to three dilations, the one whose share of set pixels is nearest a target drawn from
-    [0.25, 0.36] (the 5th-95th percentiles of the UCI digits' mean intensity).
+    ±10°, slanted by a shear of up to ±0.3, centred with a shift of up to ±1.5 pixels and
+    displaced by a smooth random field (``ELASTIC``; Simard et al. 2003). The stroke weight is
+    normalised like a pen's: of the bitmap cut at 0.5, one erosion of it and up to three
+    dilations, the one whose share of set pixels is nearest a target drawn from [0.25, 0.36]
+    (the 5th-95th percentiles of the UCI digits' mean intensity).
     """
     from scipy import ndimage
 
@@ -76,8 +79,14 @@ def render(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     inverse = np.linalg.inv(forward)  # (row, col) of the bitmap → (row, col) of the glyph
     centre_out = (BITMAP - 1) / 2 + rng.uniform(-1.5, 1.5, size=2)
     centre_in = (np.array(image.shape) - 1) / 2
-    warped = ndimage.affine_transform(image, inverse, offset=centre_in - inverse @ centre_out,
-                                      output_shape=(BITMAP, BITMAP), order=1, cval=0.0)
+    grid = np.mgrid[0:BITMAP, 0:BITMAP].reshape(2, -1).astype(np.float64)
+    if ELASTIC:  # Simard et al. (2003): a smooth random displacement of every bitmap pixel
+        alpha, sigma = ELASTIC
+        grid += np.stack([ndimage.gaussian_filter(rng.uniform(-1, 1, (BITMAP, BITMAP)), sigma,
+                                                  mode="constant").ravel() * alpha
+                          for _ in range(2)])
+    coords = inverse @ (grid - centre_out[:, None]) + centre_in[:, None]
+    warped = ndimage.map_coordinates(image, coords, order=1, cval=0.0).reshape(BITMAP, BITMAP)
     ink = warped > 0.5
     weights = [ndimage.binary_erosion(ink), ink]
     for _ in range(3):

@@ -219,8 +219,9 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
     ``glyphs/no_5_to_9`` (42 classes, without a printed form of ``digits_target``'s classes).
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "matplotlib's fonts, UCI-style 8x8 block counts."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "matplotlib's fonts, UCI-style 8x8 block counts.",
+                     "1.1.0": "An elastic displacement field in each rendering."}
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="all", description="digits, capitals and 11 lower-case "
                                 "letters (47 classes)"),

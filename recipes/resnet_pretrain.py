@@ -86,14 +86,21 @@ def main(cfg):
 
 
 def ensure_preset(name):
-    """Builds a preset this recipe makes (digits_resnet) the first time it is needed."""
-    recipe = tp.zoo.PRESETS.get(name, {}).get("recipe")
-    if recipe == "resnet_pretrain" and not tp.zoo.is_installed(name):
-        pretrain_dir = os.path.join(tp.zoo.cache_dir(), "runs", recipe)
-        print(f"preset {name} is not in the cache: building it first with python -m "
-              f"recipes.{recipe} (run directory {pretrain_dir}); later runs reuse it", flush=True)
+    """Builds a preset this recipe makes (digits_resnet, glyphs_resnet) the first time it is
+    needed, with the flags its zoo entry records."""
+    preset = tp.zoo.PRESETS.get(name, {})
+    if preset.get("recipe") == "resnet_pretrain" and not tp.zoo.is_installed(name):
+        flags = preset.get("recipe_flags", {})
+        pretrain_dir = os.path.join(tp.zoo.cache_dir(), "runs", name)
+        command = " ".join(["python -m recipes.resnet_pretrain",
+                            *(f"--{key}={value}" for key, value in flags.items())])
+        print(f"preset {name} is not in the cache: building it first with {command} (run "
+              f"directory {pretrain_dir}); later runs reuse it", flush=True)
         cfg = ResnetPretrainConfig(workdir=pretrain_dir)
         cfg.export.preset = name
+        for key, value in flags.items():
+            section, field = key.split(".")
+            setattr(getattr(cfg, section), field, value)
         main(cfg)
 
 

@@ -62,6 +62,14 @@ PRESETS = {
         "contract": "image",
         "recipe": "resnet_pretrain",
     },
+    "glyphs_resnet": {
+        "description": "the digits_resnet architecture pretrained here on 47 printed characters "
+        "in 22 fonts rendered like the UCI digits (TFDS glyphs; python -m recipes.resnet_pretrain "
+        "--data.name=glyphs --train.epochs=10), 256-d feature vector of 32x32 images",
+        "contract": "image",
+        "recipe": "resnet_pretrain",
+        "recipe_flags": {"data.name": "glyphs", "train.epochs": 10},
+    },
     "minilm_l6_sentence": {
         "description": "all-MiniLM-L6-v2 as a Universal-Sentence-Encoder-style model: strings in, "
         "mean-pooled L2-normalised 384-d embeddings out",

@@ -36,9 +36,14 @@ def test_training_steps_has_a_floor_of_steps_and_of_epochs(examples, expected):
 
 def test_parse_curve():
     assert label_curves.parse_curve("a b=runs/x/export:frozen@1e-2", 1e-3) == {
-        "name": "a b", "encoder": "runs/x/export", "frozen": True, "learning_rate": 1e-2}
+        "name": "a b", "encoder": "runs/x/export", "mode": "frozen", "frozen": True,
+        "learning_rate": 1e-2}
     assert label_curves.parse_curve("c=minilm_l6", 1e-3) == {
-        "name": "c", "encoder": "minilm_l6", "frozen": False, "learning_rate": 1e-3}
+        "name": "c", "encoder": "minilm_l6", "mode": "fine-tuned", "frozen": False,
+        "learning_rate": 1e-3}
+    assert label_curves.parse_curve("d=digits_resnet:scratch", 1e-3)["mode"] == "scratch"
+    # a colon that is not a mode stays part of the encoder
+    assert label_curves.parse_curve("e=hf://org/model", 1e-3)["encoder"] == "hf://org/model"
     with pytest.raises(Exception, match="NAME=ENCODER"):
         label_curves.parse_curve("no-encoder", 1e-3)
 
@@ -75,3 +80,9 @@ def test_label_curves_end_to_end_on_the_toy_bert(toy_bert, toy_csv, tmp_path):
     # A finished run is read, not repeated.
     again = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "[curves]" not in again.stdout
+
+
+def test_text_curves_refuse_scratch(tmp_path):
+    with pytest.raises(SystemExit):
+        label_curves.main([f"--workdir={tmp_path}", "--curve=s=minilm_l6:scratch"])
+

@@ -97,3 +97,61 @@ def test_classifier_builds_its_encoder_on_first_use(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "preset digits_resnet is not in the cache: building it first" in run.stdout
     assert (cache / "presets" / "digits_resnet" / "preset.json").exists()
+
+
+@pytest.mark.slow
+def test_image_label_curves_end_to_end(transfer_run, tmp_path):
+    """benchmarks.label_curves --task image: fine-tuned, frozen and from-scratch curves on digits
+    5-9 from the tiny pretrained ResNet's export (its architecture.json makes the scratch one)."""
+    encoder = transfer_run[0] / "pre" / "export"
+    workdir = tmp_path / "curves"
+    command = ["-m", "benchmarks.label_curves", "--task=image",
+               f"--workdir={workdir}", "--labels=1,2", "--seeds=1", "--min-steps=4",
+               "--min-epochs=1", "--head-fraction=0.5", f"--curve=tuned={encoder}",
+               f"--curve=frozen={encoder}:frozen",
+               f"--curve=scratch={encoder}:scratch"]
+    result = run_python(command)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(workdir / "runs.jsonl") as f:
+        runs = [json.loads(line) for line in f]
+    assert {(r["curve"], r["per_class"], r["examples"]) for r in runs} == {
+        (c, k, 5 * k) for c in ("tuned", "frozen", "scratch") for k in (1, 2)}
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["steps"] == 4 for r in runs)
+    # Only the fine-tuned curve spends half its steps on the head alone.
+    assert {(r["curve"], r["head_fraction"]) for r in runs} == {
+        ("tuned", 0.5), ("frozen", 0.0), ("scratch", 0.0)}
+    assert "| labels per class | tuned" in result.stdout
+
+
+def test_recipe_presets_flags_are_config_fields():
+    from recipes.image_configs import ResnetPretrainConfig
+    from tfpretrain import zoo
+
+    flagged = {n: p["recipe_flags"] for n, p in zoo.PRESETS.items() if "recipe_flags" in p}
+    assert "glyphs_resnet" in flagged
+    cfg = ResnetPretrainConfig()
+    for flags in flagged.values():
+        for key, value in flags.items():
+            section, field = key.split(".")
+            assert type(getattr(getattr(cfg, section), field)) is type(value), key
+
+
+@pytest.mark.slow
+def test_a_flagged_preset_is_built_with_its_flags(tmp_path, monkeypatch, capsys):
+    """ensure_preset runs resnet_pretrain with the preset's recipe_flags (here: glyphs, tiny)."""
+    from recipes import resnet_pretrain
+    from tfpretrain import zoo
+
+    monkeypatch.setenv("TFPRETRAIN_CACHE", str(tmp_path / "cache"))
+    flags = {"data.name": "glyphs/no_5_to_9", "model.filters": "64", "model.blocks": "1",
+             "model.image_size": 16, "train.epochs": 1, "train.max_steps": 3}
+    monkeypatch.setitem(zoo.PRESETS, "tiny_glyphs", {"contract": "image",
+                                                     "recipe": "resnet_pretrain",
+                                                     "recipe_flags": flags})
+    resnet_pretrain.ensure_preset("tiny_glyphs")
+    out = capsys.readouterr().out
+    assert ("building it first with python -m recipes.resnet_pretrain "
+            "--data.name=glyphs/no_5_to_9" in out)
+    assert "42 classes" in out
+    info = zoo.read_preset("tiny_glyphs")
+    assert info["pretrained_on"] == "glyphs/no_5_to_9" and info["filters"] == [64]

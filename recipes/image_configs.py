@@ -10,8 +10,9 @@ option = tp.config.option
 
 @dataclasses.dataclass
 class ImageModelConfig:
-    encoder: str = option("image feature vector: preset (digits_resnet, resnet50, resnet50v2), "
-                          "local dir, gs:// path or tfhub.dev/Kaggle URL", "digits_resnet")
+    encoder: str = option("image feature vector: preset (glyphs_resnet, digits_resnet, resnet50, "
+                          "resnet50v2), local dir, gs:// path or tfhub.dev/Kaggle URL",
+                          "glyphs_resnet")
     image_size: int = option("input size when the encoder does not fix one (0 = the encoder's, "
                              "else 224)", 0)
     fine_tune_blocks: int = option("after the head: fine-tune the top N residual blocks (-1 = all, "

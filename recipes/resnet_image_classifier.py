@@ -1,8 +1,8 @@
 """Transfer a pretrained image encoder to a new task: a head on the frozen encoder, then fine-tune.
 
-Default: the digits_resnet encoder (recipes.resnet_pretrain on digits 0-4, built on first use) on
-digits 5-9, 20 labelled images per class (TFDS digits_target); also, as baselines, the same
-classifier frozen-only and from scratch with as many steps (--model.baselines).
+Default: the glyphs_resnet encoder (recipes.resnet_pretrain on 47 printed characters, TFDS glyphs;
+built on first use) on digits 5-9, 20 labelled images per class (TFDS digits_target); also, as
+baselines, the same classifier frozen-only and from scratch with as many steps (--model.baselines).
 
     python -m recipes.resnet_image_classifier --data.image_dir=photos/ --model.encoder=resnet50v2 \\
         --data.augment=flip,rotation,zoom,contrast --data.train_per_class=0

@@ -22,7 +22,7 @@ def transfer_run(tmp_path_factory):
     assert pre.returncode == 0, pre.stderr[-3000:]
     assert "installed the encoder as zoo preset digits_resnet" in pre.stdout
     run = run_python(["-m", "recipes.resnet_image_classifier", f"--workdir={root / 'run'}",
-                      "--train.head_epochs=2", "--train.epochs=2"])
+                      "--model.encoder=digits_resnet", "--train.head_epochs=2", "--train.epochs=2"])
     assert run.returncode == 0, run.stderr[-3000:]
     return root, pre, run
 
@@ -92,7 +92,8 @@ def test_predict_cli_classifies_image_files(transfer_run, tmp_path):
 def test_classifier_builds_its_encoder_on_first_use(tmp_path):
     cache = tmp_path / "cache"
     run = run_python(["-m", "recipes.resnet_image_classifier", f"--workdir={tmp_path / 'run'}",
-                      "--train.head_epochs=1", "--train.epochs=1", "--model.baselines=false"],
+                      "--model.encoder=digits_resnet", "--train.head_epochs=1", "--train.epochs=1",
+                      "--model.baselines=false"],
                      env={"TFPRETRAIN_CACHE": str(cache)}, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "preset digits_resnet is not in the cache: building it first" in run.stdout

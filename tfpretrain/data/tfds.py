@@ -154,6 +154,16 @@ def digits_target_split() -> dict[str, dict[int, list[tuple[int, np.ndarray]]]]:
     return splits
 
 
+def _features_8x8(label_names):
+    """The digits and glyphs builders' features: an 8x8 grayscale image, its label and its rank
+    within its class in its split (``index_in_class``, what ``train_per_class`` filters on)."""
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(8, 8, 1)),
+        "label": tfds.features.ClassLabel(names=label_names),
+        "index_in_class": tfds.features.Scalar(dtype=np.int64),
+    })
+
+
 class _Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared by the two digits builders: the features and the example generator."""
 
@@ -166,11 +176,7 @@ class _Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(8, 8, 1)),
-                "label": tfds.features.ClassLabel(names=self.LABEL_NAMES),
-                "index_in_class": tfds.features.Scalar(dtype=np.int64),
-            }),
+            features=_features_8x8(self.LABEL_NAMES),
             supervised_keys=("image", "label"),
             homepage="https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits",
             citation=DIGITS_CITATION,
@@ -241,11 +247,7 @@ class Glyphs(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(
             builder=self,
             description=self.__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(8, 8, 1)),
-                "label": tfds.features.ClassLabel(names=self._classes()),
-                "index_in_class": tfds.features.Scalar(dtype=np.int64),
-            }),
+            features=_features_8x8(self._classes()),
             supervised_keys=("image", "label"),
         )
 

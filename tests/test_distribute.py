@@ -225,6 +225,7 @@ def _train_log(result):
     return result.stdout
 
 
+@pytest.mark.slow
 def test_steps_per_execution_gives_the_same_run(toy_bert_no_dropout, toy_csv, tmp_path):
     one, three = str(tmp_path / "one"), str(tmp_path / "three")
     extra = ("--runtime.strategy=one_device", "--train.max_steps=9", "--train.eval_every=4",

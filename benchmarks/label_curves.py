@@ -243,10 +243,10 @@ class ImageTask(Task):
         ``recipes.resnet_pretrain`` export records it) from random weights."""
         tf, tp, args = self.tf, self.tp, self.args
         classes = len(self.label_names)
-        if curve["mode"] == "scratch":
-            from recipes.resnet_pretrain import ensure_preset
+        from recipes.resnet_pretrain import ensure_preset
 
-            ensure_preset(curve["encoder"])
+        ensure_preset(curve["encoder"])  # a preset resnet_pretrain makes: built on first use
+        if curve["mode"] == "scratch":
             path = (tp.zoo.load_preset(curve["encoder"])["encoder"]
                     if tp.zoo.is_preset(curve["encoder"]) else curve["encoder"])
             with open(os.path.join(path, "architecture.json")) as f:
@@ -256,9 +256,6 @@ class ImageTask(Task):
                                                args.dropout, seed=seed)
             layer = None
         else:
-            from recipes.resnet_pretrain import ensure_preset
-
-            ensure_preset(curve["encoder"])
             encoder = tp.load_image_encoder(curve["encoder"], 0 if curve["frozen"] else -1)
             size = encoder.image_size
             model = tp.build_image_classifier(encoder.layer, classes, size, args.dropout,

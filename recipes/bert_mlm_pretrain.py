@@ -63,7 +63,8 @@ def main(cfg):
     run = tp.Run(cfg, "bert_mlm_pretrain")
     corpus = tp.make_corpus(cfg.data)
     scratch = not cfg.model.encoder
-    pair = (tp.build_new_bert(cfg.model, corpus["train"], os.path.join(run.workdir, "initial"))
+    pair = (tp.build_new_bert(cfg.model, corpus["train"], os.path.join(run.workdir, "initial"),
+                              seed=cfg.train.seed)
             if scratch else (cfg.model.encoder, cfg.model.preprocessor))
     m = cfg.model
     with run.scope():

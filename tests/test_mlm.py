@@ -1,6 +1,7 @@
 """Masked-LM pieces: corpora, windows, masking statistics, the tied head, the loss, exact resume."""
 
 import os
+import random
 
 import keras
 import numpy as np
@@ -268,7 +269,7 @@ def test_a_new_bert_is_written_in_float32_under_a_mixed_policy(tmp_path):
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         encoder, preprocessor = build_new_bert(config, _documents(40, 20),
-                                               str(tmp_path / "initial"))
+                                               str(tmp_path / "initial"), seed=42)
     finally:
         keras.mixed_precision.set_global_policy("float32")
     saved = tf.saved_model.load(encoder)
@@ -278,3 +279,25 @@ def test_a_new_bert_is_written_in_float32_under_a_mixed_policy(tmp_path):
     assert saved(inputs)["sequence_output"].dtype == tf.float32
     # ... so the Keras-native copy matches it (the parity check at load time passes).
     assert load_bert_encoder(encoder, preprocessor, implementation="keras").layer is not None
+
+
+def test_a_new_bert_is_drawn_from_its_seed_alone(tmp_path):
+    """A TFDS dataset prepared on first use draws random numbers before the encoder is built;
+    the initial weights (the random-init baseline) must not depend on it."""
+    from types import SimpleNamespace
+
+    from tfpretrain.pretrain.scratch import build_new_bert
+
+    config = SimpleNamespace(vocab_size=60, lower_case=True, seq_length=16, num_layers=1,
+                             num_heads=2, hidden_dim=8, intermediate_dim=16, dropout=0.0)
+
+    def weights(name, draws, seed=42):
+        keras.utils.set_random_seed(0)
+        for _ in range(draws):  # Keras initializers draw their seeds from Python's generator
+            random.random(), keras.random.uniform([1])
+        encoder, _ = build_new_bert(config, _documents(40, 20), str(tmp_path / name), seed=seed)
+        return [v.numpy() for v in tf.saved_model.load(encoder).variables]
+
+    first, second, other = weights("a", 1), weights("b", 5), weights("c", 1, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert not all(np.array_equal(a, c) for a, c in zip(first, other, strict=True))

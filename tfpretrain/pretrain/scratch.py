@@ -12,21 +12,24 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 
-def build_new_bert(model_config: Any, documents: tf.data.Dataset,
-                   directory: str) -> tuple[str, str]:
+def build_new_bert(model_config: Any, documents: tf.data.Dataset, directory: str,
+                   seed: int) -> tuple[str, str]:
     """A randomly initialised BERT with a WordPiece vocabulary learned from ``documents`` (a
     dataset of strings), written as a TF Hub-format pair under ``directory``; returns
     ``(encoder_dir, preprocessor_dir)``.
 
     ``model_config`` has ``vocab_size``, ``lower_case``, ``seq_length``, ``num_layers``,
     ``num_heads``, ``hidden_dim``, ``intermediate_dim`` and ``dropout``. The pair is kept: it is
-    the random-init baseline of the pretrained model. A directory that already holds the pair (a
-    resumed run) is reused as it is.
+    the random-init baseline of the pretrained model. Its weights are drawn from ``seed`` alone
+    (Keras' global seed is set to it just before), whatever used random numbers earlier in the
+    process (a TFDS dataset prepared on first use does). A directory that already holds the pair
+    (a resumed run) is reused as it is.
 
     Example:
         >>> encoder, preprocessor = build_new_bert(cfg.model, corpus["train"],
-        ...                                        "runs/mlm/initial")  # doctest: +SKIP
+        ...                                        "runs/mlm/initial", seed=42)  # doctest: +SKIP
     """
+    import keras
     import keras_hub
 
     encoder, preprocessor = (os.path.join(directory, "encoder"),
@@ -40,6 +43,7 @@ def build_new_bert(model_config: Any, documents: tf.data.Dataset,
     export_bert_preprocessor(vocab_file, preprocessor, m.lower_case, m.seq_length)
     with open(vocab_file) as f:
         vocab_size = sum(1 for _ in f)
+    keras.utils.set_random_seed(seed)
     backbone = keras_hub.models.BertBackbone(
         vocabulary_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads,
         hidden_dim=m.hidden_dim, intermediate_dim=m.intermediate_dim, dropout=m.dropout,

@@ -103,32 +103,68 @@ def make_windows(documents: tf.data.Dataset, preprocessor: Any,
     return pieces.flat_map(split).map(lambda tokens, words: (tf.cast(tokens, tf.int32), words))
 
 
-def _mask_window(tokens, words, masking):
-    """One window → (inputs, labels) with tensorflow-text's masking (whole words or pieces)."""
+def _batch_item_selector():
+    """tensorflow-text's ``RandomItemSelector`` drawing all rows of a batch in one op: its own
+    selection shuffles row by row in a ``map_fn`` whose iterations may run in any order, which
+    makes a batch's masks nondeterministic. Same distribution: a uniformly random
+    ``min(ceil(rate x selectable), max_selections)`` of each row's selectable items."""
     import tensorflow_text as text
 
-    if not masking.whole_word:
-        words = tf.range(tf.size(words, out_type=tf.int64))  # every piece its own "word"
-    grouped = tf.RaggedTensor.from_value_rowids(tokens, words - words[0])
-    cls, sep = tf.constant([[masking.cls_id]]), tf.constant([[masking.sep_id]])
-    grouped = tf.concat([tf.RaggedTensor.from_tensor(cls), grouped,
-                         tf.RaggedTensor.from_tensor(sep)], axis=0)
-    selector = text.RandomItemSelector(
+    class BatchItemSelector(text.RandomItemSelector):
+        def get_selection_mask(self, input_ids, axis):
+            selectable = self.get_selectable(input_ids, axis)  # [batch, (items)]
+            scores = tf.random.uniform(tf.shape(selectable.flat_values))
+            # Selectable items first in random order, then the rest, then the padding.
+            scores = selectable.with_flat_values(tf.where(selectable.flat_values, scores, 2.0))
+            rank = tf.argsort(tf.argsort(scores.to_tensor(3.0), axis=1), axis=1)
+            count = tf.reduce_sum(tf.cast(selectable, tf.float32), axis=1)
+            chosen = tf.minimum(tf.math.ceil(count * self.selection_rate),
+                                self.max_selections_per_batch)
+            return tf.RaggedTensor.from_tensor(rank < tf.cast(chosen, rank.dtype)[:, None],
+                                               lengths=selectable.row_lengths())
+
+    return BatchItemSelector
+
+
+def _mask_batch(tokens, words, masking):
+    """A batch of windows (ragged ``[batch, (pieces)]`` piece ids and word indices) → (inputs,
+    labels), masked with tensorflow-text in one call per batch (per window it costs the input
+    pipeline several times more): whole words or pieces, ``[CLS]``/``[SEP]`` added, padded to
+    the longest window."""
+    import tensorflow_text as text
+
+    # Group the pieces into words: a group starts at each row's first piece and wherever the word
+    # index changes (with whole words) or at every piece.
+    flat, rows = tokens.flat_values, tokens.value_rowids()
+    first = tf.range(tf.size(flat, out_type=tf.int64)) == tf.gather(tokens.row_splits, rows)
+    if masking.whole_word:
+        word = words.flat_values
+        first |= tf.concat([[True], word[1:] != word[:-1]], axis=0)
+    else:
+        first = tf.ones_like(first)
+    starts = tf.cast(first, tf.int64)
+    grouped = tf.RaggedTensor.from_row_lengths(
+        tf.RaggedTensor.from_value_rowids(flat, tf.cumsum(starts) - 1),
+        tf.math.segment_sum(starts, rows))
+    batch = grouped.nrows()
+    ends = [tf.RaggedTensor.from_tensor(tf.fill([batch, 1, 1], i), ragged_rank=2)
+            for i in (masking.cls_id, masking.sep_id)]
+    grouped = tf.concat([ends[0], grouped, ends[1]], axis=1)
+    selector = _batch_item_selector()(
         masking.max_predictions, masking.mask_rate,
         unselectable_ids=[masking.cls_id, masking.sep_id, masking.pad_id])
     chooser = text.MaskValuesChooser(masking.vocab_size, masking.mask_id, 0.8, 0.1)
-    ids, positions, targets = text.mask_language_model(tf.expand_dims(grouped, 0), selector,
-                                                       chooser, axis=1)
+    ids, positions, targets = text.mask_language_model(grouped, selector, chooser, axis=1)
     # Whole words can mask more pieces than max_predictions; only the first ones are scored.
-    positions = positions.flat_values[:masking.max_predictions]
-    targets = targets.flat_values[:masking.max_predictions]
-    padding = [[0, masking.max_predictions - tf.size(positions)]]
-    ids = ids.flat_values
-    inputs = {"input_word_ids": ids, "input_mask": tf.ones_like(ids),
-              "input_type_ids": tf.zeros_like(ids),
-              "masked_lm_positions": tf.pad(tf.cast(positions, tf.int32), padding)}
-    labels = {"masked_lm_ids": tf.pad(tf.cast(targets, tf.int32), padding),
-              "masked_lm_weights": tf.pad(tf.ones_like(positions, tf.float32), padding)}
+    positions = tf.cast(positions[:, :masking.max_predictions], tf.int32)
+    targets = tf.cast(targets[:, :masking.max_predictions], tf.int32)
+    scored = [None, masking.max_predictions]
+    inputs = {"input_word_ids": ids.to_tensor(masking.pad_id),
+              "input_mask": tf.ones_like(ids).to_tensor(),
+              "input_type_ids": tf.zeros_like(ids).to_tensor(),
+              "masked_lm_positions": positions.to_tensor(shape=scored)}
+    labels = {"masked_lm_ids": targets.to_tensor(shape=scored),
+              "masked_lm_weights": tf.ones_like(positions, tf.float32).to_tensor(shape=scored)}
     return inputs, labels
 
 
@@ -150,7 +186,7 @@ def make_mlm_batches(windows: tf.data.Dataset, masking: Masking, batch_size: int
         windows = windows.shuffle(shuffle_buffer, seed=shuffle_seed,
                                   reshuffle_each_iteration=False)
     tf.random.set_seed(seed)
-    batches = windows.map(lambda t, w: _mask_window(t, w, masking)).padded_batch(batch_size)
+    batches = windows.ragged_batch(batch_size).map(lambda t, w: _mask_batch(t, w, masking))
     if skip_batches:
         batches = batches.skip(skip_batches)
     return finish_batches(batches)

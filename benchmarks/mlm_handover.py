@@ -9,7 +9,8 @@ For a ``recipes.bert_mlm_pretrain`` work directory (its ``export/``, ``initial/`
 2. **Pooler**: whether masked LM ever trained ``pooled_output``'s dense layer.
 3. **Features**: test accuracy of a logistic regression on frozen features (all training
    articles, standardised), per pooling and layer, for the export and for ``initial/``; beside a
-   bag of word pieces and a random projection of it to the encoder's width.
+   bag of word pieces and a random projection of it to the encoder's width. Then the same probe
+   trained on 1, 10 and 50 articles per class (``label_curves``' subsets, mean of 5 seeds).
 4. **Embedding geometry**: mean pairwise cosine of frequent, mid-frequency and rare pieces' input
    embeddings, the share of variance on the top principal direction, row norms.
 
@@ -123,6 +124,17 @@ def probe(train, train_labels, test, test_labels):
     return classifier.score(scaler.transform(test), test_labels)
 
 
+def few_label_probes(train, train_labels, test, test_labels, counts=(1, 10, 50), seeds=5):
+    """``{count: mean test accuracy}`` of ``probe`` trained on ``count`` examples per class,
+    the subsets ``label_curves`` fine-tunes on (same seeds)."""
+    from benchmarks.label_curves import sample_per_class
+
+    return {count: np.mean([probe(train[i], train_labels[i], test, test_labels)
+                            for i in (sample_per_class(train_labels, count, seed)
+                                      for seed in range(seeds))])
+            for count in counts}
+
+
 def bags_of_pieces(encoder_dir, texts, vocab_size):
     """``[N, vocab_size]`` piece frequencies of each text's first ``SEQ`` tokens (as encoded)."""
     import tensorflow as tf
@@ -191,13 +203,16 @@ def main(argv=None):
                           for w, a, loss in start_weights(args.workdir)]))
     data = tp.load_text_data(tp.TextDataConfig())
     (train, y_train), (test, y_test) = (_texts(data.datasets[s]) for s in ("train", "test"))
-    results, geometries = {}, {}
+    results, few, geometries = {}, {}, {}
+    pooled = ("mean of sequence_output", "mean of input embeddings")
     print("\n## 2. Pooler (`pooled_output`'s dense layer; masked LM has no task that trains it)")
     for name in ("initial", "export"):
         directory = os.path.join(args.workdir, name)
         (train_features, test_features), pooler, table = frozen_features(directory, train, test)
         results[name] = {k: probe(train_features[k], y_train, test_features[k], y_test)
                          for k in train_features}
+        few[name] = {k: few_label_probes(train_features[k], y_train, test_features[k], y_test)
+                     for k in pooled}
         counts = piece_counts(directory, train, table.shape[0])
         geometries[name] = geometry(table, counts)
         print(f"\n{name}: " + ", ".join(f"{k} std {v.std():.4f}" for k, v in pooler.items()))
@@ -212,6 +227,12 @@ def main(argv=None):
           f"{100 * probe(bags[0], y_train, bags[1], y_test):.2f}%, a random "
           f"{table.shape[1]}-d projection of it "
           f"{100 * probe(bags[0] @ projection, y_train, bags[1] @ projection, y_test):.2f}%")
+    counts = list(few["export"][pooled[0]])
+    print("\nThe same probes on a few labelled articles per class (label_curves' subsets, mean of "
+          "5 seeds):\n")
+    print(markdown_table(["features", *(f"{name}, {c}/class" for name in few for c in counts)],
+                         [(k, *(f"{100 * few[name][k][c]:.2f}%" for name in few for c in counts))
+                          for k in pooled]))
     print("\n## 4. Input-embedding geometry\n")
     print(markdown_table(["", "initial/", "export/"],
                          [(k, f"{geometries['initial'][k]:.3f}", f"{geometries['export'][k]:.3f}")

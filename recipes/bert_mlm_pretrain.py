@@ -4,8 +4,9 @@ bert_text_classifier loads.
 
 Default: from scratch on BBC News article text (the train split; 5% of its articles held out by text
 hash): a WordPiece vocabulary of about 4,000 tokens learned from the corpus, a 2-layer 256-wide BERT
-(4 heads), 128-token windows, 15% of pieces masked (80% [MASK] / 10% random / 10% kept), AdamW 2e-3
-with warm-up, 7 epochs.
+(4 heads), 128-token windows, 60% of whole words masked (80% [MASK] / 10% random / 10% kept; BERT's
+15% of pieces: --model.mask_rate=0.15 --model.whole_word=false --model.max_predictions=20), AdamW
+2e-3 with warm-up, 7 epochs.
 
     python -m recipes.bert_mlm_pretrain
     python -m recipes.bert_mlm_pretrain --model.encoder=minilm_l6 --train.learning_rate=5e-5
@@ -39,9 +40,11 @@ class MlmModelConfig:
     dropout: float = option("dropout inside the new BERT (from scratch)", 0.0)
     seq_length: int = option("tokens per window; documents are cut into windows of this length",
                              128)
-    mask_rate: float = option("fraction of tokens (or words) selected for prediction", 0.15)
-    max_predictions: int = option("most masked positions scored per window", 20)
-    whole_word: bool = option("mask all pieces of a selected word together", False)
+    mask_rate: float = option("fraction of words (or pieces) selected for prediction: 60% of "
+                              "whole words gives a from-scratch BERT more topical features than "
+                              "BERT's 15% of pieces (docs/pretraining.md)", 0.6)
+    max_predictions: int = option("most masked positions scored per window", 77)
+    whole_word: bool = option("mask all pieces of a selected word together (false: pieces)", True)
     tie_embeddings: bool = option("score the masked tokens against the word-embedding table "
                                   "(BERT's tied head); false: the head has its own output table",
                                   True)

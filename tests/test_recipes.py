@@ -190,7 +190,7 @@ def test_empty_split_is_an_error(toy_bert, toy_csv, tmp_path):
     ("embed", "--encoder=minilm_l6_sentence "),
     ("resnet_pretrain", "--export.preset=digits_resnet "),
     ("resnet_image_classifier", "--model.encoder=glyphs_resnet "),
-    ("bert_mlm_pretrain", "--model.whole_word=False "),
+    ("bert_mlm_pretrain", "--model.whole_word=True "),
     ("bert_token_classifier", "--data.tag_scheme=auto "),
 ])
 def test_help_lists_flags(recipe, flag):

@@ -9,7 +9,8 @@ hash): a WordPiece vocabulary of about 4,000 tokens learned from the corpus, a 2
 2e-3 with warm-up, 7 epochs.
 
     python -m recipes.bert_mlm_pretrain
-    python -m recipes.bert_mlm_pretrain --model.encoder=minilm_l6 --train.learning_rate=5e-5
+    python -m recipes.bert_mlm_pretrain --model.encoder=minilm_l6 --train.learning_rate=5e-5 \\
+        --model.mask_rate=0.15 --model.whole_word=false --model.max_predictions=20  # BERT's
     python -m recipes.bert_mlm_pretrain --model.implementation=keras \\
         --runtime.precision=mixed_bfloat16       # bfloat16 reaches the encoder
     python -m recipes.bert_mlm_pretrain --data.name=imdb_reviews --data.split=unsupervised

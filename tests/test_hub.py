@@ -184,6 +184,7 @@ def test_mismatched_encoder_and_preprocessor_are_named(toy_bert, tmp_path):
         load_bert_encoder(toy_bert[0])
 
 
+@pytest.mark.slow  # a recipe run: the default suite stays under 15 minutes
 def test_unseeded_dropout_in_a_saved_model_trains_on_default_flags(toy_bert, toy_csv, tmp_path):
     from tfpretrain.encoders.toy import export_unseeded_dropout_encoder
     from tfpretrain.hub import unseeded_random_ops

@@ -210,6 +210,7 @@ def test_bad_input_matrix(toy_bert, toy_csv, tmp_path, case):
             and not (tmp_path / "run" / "export").exists())
 
 
+@pytest.mark.slow  # a recipe run: the default suite stays under 15 minutes
 def test_invalid_utf8_is_replaced_and_counted_by_default(toy_bert, toy_csv, tmp_path):
     path = tmp_path / "bad.csv"
     path.write_bytes(b"text,label\n" + b"good \xff film,pos\nbad plot,neg\n" * 8)
@@ -269,6 +270,7 @@ def test_nothing_in_the_package_unpickles():
                         and "eval(" not in source.replace("_eval(", "")), name
 
 
+@pytest.mark.slow  # a recipe run: the default suite stays under 15 minutes
 def test_a_full_disk_is_one_line_not_a_traceback(toy_bert, toy_csv, tmp_path):
     tiny = tmp_path / "tiny"
     tiny.mkdir()

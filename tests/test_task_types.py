@@ -163,6 +163,7 @@ def _export_check(stdout):
     return float(line.split("max abs diff ")[1].split()[0])
 
 
+@pytest.mark.slow  # a recipe run: the default suite stays under 15 minutes
 def test_pair_regression_end_to_end_with_predict_on_pairs(toy_bert, pair_files, tmp_path,
                                                            capsys):
     workdir = tmp_path / "run"
@@ -196,6 +197,7 @@ def test_pair_regression_end_to_end_with_predict_on_pairs(toy_bert, pair_files, 
     assert "two at a time" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a recipe run: the default suite stays under 15 minutes
 def test_multilabel_end_to_end_threshold_in_the_export(toy_bert, conll_files, tmp_path):
     workdir = tmp_path / "run"
     result = run_python(_args(workdir, toy_bert, conll_files, "--train.epochs=4",

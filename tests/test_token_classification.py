@@ -240,6 +240,7 @@ def _args(workdir, toy_bert, files, *extra):
             "--train.global_batch_size=16", "--train.learning_rate=5e-3", *extra]
 
 
+@pytest.mark.slow  # a recipe run: the default suite stays under 15 minutes
 def test_token_classifier_end_to_end_entities_from_raw_text(toy_bert, tagged_files, tmp_path):
     workdir = tmp_path / "run"
     result = run_python(_args(workdir, toy_bert, tagged_files))

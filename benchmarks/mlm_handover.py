@@ -204,7 +204,7 @@ def main(argv=None):
     data = tp.load_text_data(tp.TextDataConfig())
     (train, y_train), (test, y_test) = (_texts(data.datasets[s]) for s in ("train", "test"))
     results, few, geometries = {}, {}, {}
-    pooled = ("mean of sequence_output", "mean of input embeddings")
+    means = ("mean of sequence_output", "mean of input embeddings")
     print("\n## 2. Pooler (`pooled_output`'s dense layer; masked LM has no task that trains it)")
     for name in ("initial", "export"):
         directory = os.path.join(args.workdir, name)
@@ -212,7 +212,7 @@ def main(argv=None):
         results[name] = {k: probe(train_features[k], y_train, test_features[k], y_test)
                          for k in train_features}
         few[name] = {k: few_label_probes(train_features[k], y_train, test_features[k], y_test)
-                     for k in pooled}
+                     for k in means}
         counts = piece_counts(directory, train, table.shape[0])
         geometries[name] = geometry(table, counts)
         print(f"\n{name}: " + ", ".join(f"{k} std {v.std():.4f}" for k, v in pooler.items()))
@@ -227,12 +227,12 @@ def main(argv=None):
           f"{100 * probe(bags[0], y_train, bags[1], y_test):.2f}%, a random "
           f"{table.shape[1]}-d projection of it "
           f"{100 * probe(bags[0] @ projection, y_train, bags[1] @ projection, y_test):.2f}%")
-    counts = list(few["export"][pooled[0]])
+    counts = list(few["export"][means[0]])
     print("\nThe same probes on a few labelled articles per class (label_curves' subsets, mean of "
           "5 seeds):\n")
     print(markdown_table(["features", *(f"{name}, {c}/class" for name in few for c in counts)],
                          [(k, *(f"{100 * few[name][k][c]:.2f}%" for name in few for c in counts))
-                          for k in pooled]))
+                          for k in means]))
     print("\n## 4. Input-embedding geometry\n")
     print(markdown_table(["", "initial/", "export/"],
                          [(k, f"{geometries['initial'][k]:.3f}", f"{geometries['export'][k]:.3f}")

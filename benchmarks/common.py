@@ -60,6 +60,25 @@ def random_subset(texts, labels, n, seed=0):
     return [texts[i] for i in order], [labels[i] for i in order]
 
 
+def long_texts(texts, labels, n, words, seed=0):
+    """``n`` texts of at least ``words`` words each (so at least as many word pieces: every
+    example fills the sequence), made by joining consecutive ``texts`` of a ``seed`` permutation;
+    each takes the label of its first text. For timing the long-text regime, where per-batch
+    padding saves nothing."""
+    order = np.random.default_rng(seed).permutation(len(texts))
+    joined, joined_labels, position = [], [], 0
+    while len(joined) < n:
+        parts = []
+        while sum(len(p.split()) for p in parts) < words:
+            parts.append(texts[order[position % len(order)]])
+            position += 1
+        if position > 2 * len(order):
+            sys.exit(f"error: {len(texts)} texts cannot make {n} texts of {words} words")
+        joined.append(" ".join(parts))
+        joined_labels.append(labels[order[(position - len(parts)) % len(order)]])
+    return joined, joined_labels
+
+
 # ---- the checkpoint as a Hugging Face model directory -------------------------------------------
 
 def hf_model_dir():

@@ -16,6 +16,7 @@ subprocess. Prints one table and writes JSON (--output).
 
     python benchmarks/finetune_speed.py                       # 9600 examples = 300 steps per side
     python benchmarks/finetune_speed.py --examples 320 --sides tfpretrain,hf_default
+    python benchmarks/finetune_speed.py --long-texts --examples 1600  # every example 128 tokens
 """
 
 import argparse
@@ -44,6 +45,10 @@ def parse_args(argv=None):
                         help="examples per step (default: %(default)s)")
     parser.add_argument("--seq-length", type=int, default=128,
                         help="most tokens per example (default: %(default)s)")
+    parser.add_argument("--long-texts", action="store_true",
+                        help="the long-text regime: each example joins consecutive SST-2 "
+                             "sentences up to at least --seq-length words, so every example "
+                             "fills --seq-length tokens on every side")
     common.add_output_arguments(parser, SIDES, "finetune_speed")
     runtime = parser.add_argument_group(
         "tfpretrain runtime options (forwarded to tfpretrain.fit when it takes them)")
@@ -147,7 +152,10 @@ def run_hf(texts, labels, args, model_dir, group_by_length):
 def main(argv=None):
     args = parse_args(argv)
     texts, labels = common.read_tsv(args.data, "train")
-    texts, labels = common.random_subset(texts, labels, args.examples, seed=0)
+    if args.long_texts:
+        texts, labels = common.long_texts(texts, labels, args.examples, args.seq_length, seed=0)
+    else:
+        texts, labels = common.random_subset(texts, labels, args.examples, seed=0)
     model_dir = common.hf_model_dir()
     shape = common.model_shape(model_dir)
     hf_wanted = any(side.startswith("hf_") for side in args.sides)
@@ -189,7 +197,9 @@ def main(argv=None):
                      f"{100 * r['hardware_flops_fraction']:.1f}%",
                      f"{100 * r['useful_flops_fraction']:.1f}%", f"{r['wall_seconds']:.1f}"])
     print()
-    print(f"SST-2 fine-tuning, {len(texts)} examples, batch {args.batch_size}, "
+    print(f"SST-2 fine-tuning, {len(texts)} "
+          + ("long examples (sentences joined)" if args.long_texts else "examples")
+          + f", batch {args.batch_size}, "
           f"{args.seq_length} tokens, one epoch; tfpretrain {args.implementation} encoder, "
           f"{args.precision}; peak fp32 matmul {peak / 1e9:.1f} GFLOP/s")
     print(common.markdown_table(header, rows))
@@ -197,7 +207,8 @@ def main(argv=None):
     common.write_json(args.output, {
         "benchmark": "finetune_speed", "checkpoint": common.PRESET, "model_dir": model_dir,
         "model_shape": shape,
-        "settings": {"examples": len(texts), "batch_size": args.batch_size,
+        "settings": {"examples": len(texts), "long_texts": args.long_texts,
+                     "batch_size": args.batch_size,
                      "seq_length": args.seq_length, "learning_rate": LEARNING_RATE,
                      "weight_decay": WEIGHT_DECAY, "warmup_fraction": WARMUP,
                      "clip_norm": CLIP_NORM, "seed": SEED, "data": os.path.abspath(args.data)},

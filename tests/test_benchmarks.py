@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import label_curves
+from benchmarks import common, label_curves
 
 LABELS = [0] * 30 + [1] * 30 + [2] * 3
 
@@ -32,6 +32,20 @@ def test_a_larger_count_keeps_the_smaller_counts_examples():
                                                 (1000, (32, 320))])
 def test_training_steps_has_a_floor_of_steps_and_of_epochs(examples, expected):
     assert label_curves.training_steps(examples, 32, min_steps=100, min_epochs=10) == expected
+
+
+def test_long_texts_join_whole_sentences_up_to_the_length():
+    texts = [f"sentence {i} has five words" if i % 2 else f"short {i}" for i in range(40)]
+    labels = [i % 2 for i in range(40)]
+    joined, joined_labels = common.long_texts(texts, labels, 6, 12, seed=0)
+    assert len(joined) == len(joined_labels) == 6
+    assert all(len(t.split()) >= 12 for t in joined)
+    for text, label in zip(joined, joined_labels):
+        first = next(t for t in texts if text.startswith(t + " "))
+        assert label == labels[texts.index(first)]
+    assert (joined, joined_labels) == common.long_texts(texts, labels, 6, 12, seed=0)
+    with pytest.raises(SystemExit, match="cannot make"):
+        common.long_texts(texts[:4], labels[:4], 50, 12)
 
 
 def test_parse_curve():

@@ -48,6 +48,25 @@ def test_serving_computes_only_up_to_the_longest_text_with_unchanged_outputs(toy
     assert fixed["input_word_ids"].shape == (4, 64)
 
 
+def test_tflite_models_take_any_length_and_a_cut_request_gives_the_same_logits(toy_bert):
+    from tfpretrain import tflite
+
+    loaded = load_bert_encoder(*toy_bert)
+    model = build_bert_classifier(loaded.layer, 3, pooling="mean")
+    texts = ["good", "the worst plot", "fun film " * 5]
+    packed = {k: v.numpy() for k, v in loaded.preprocessor.bert_pack_inputs(
+        [loaded.preprocessor.tokenize(tf.constant(texts))], seq_length=64).items()}
+    cut = {k: v[:, :12] for k, v in packed.items()}  # the longest text: 10 pieces + 2
+    expected = model(packed, training=False).numpy()
+    for variant, tolerance in (("float32", 1e-5), ("dynamic_range", 0.05)):
+        runner = tflite.interpreter(content=tflite.convert(model, None, variant)
+                                    ).get_signature_runner()
+        for inputs in (packed, cut):
+            logits = runner(**inputs)["logits"]
+            assert logits.shape == (3, 3)
+            assert np.abs(logits - expected).max() <= tolerance, variant
+
+
 def test_export_serves_labels_and_empty_batches(toy_bert, tmp_path):
     loaded = load_bert_encoder(*toy_bert)
     model = build_bert_classifier(loaded.layer, 2)

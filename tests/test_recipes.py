@@ -19,6 +19,7 @@ from tests.conftest import (
     toy_recipe_args,
     write_csv,
 )
+from tfpretrain import tflite
 
 
 def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
@@ -44,6 +45,9 @@ def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
         info = metrics["tflite"][variant]
         assert (workdir / info["file"]).stat().st_size == info["bytes"] > 0
         assert info["accuracy"] == 1.0, variant
+        runner = tflite.interpreter(str(workdir / info["file"])).get_signature_runner()
+        inputs = runner.get_input_details()
+        assert all(list(inputs[name]["shape_signature"]) == [-1, -1] for name in inputs)  # any
     assert (workdir / "tflite" / "vocab.txt").exists()
     report = (workdir / "report.md").read_text()
     for section in ("## Data", "## Encoder", "## Hyper-parameters", "## Results",

@@ -212,13 +212,14 @@ def _export_section(export_dir, example_inputs, tflite, test):
                           for d, _, fs in os.walk(export_dir) for f in fs)
         lines += ["### TFLite", "",
                   "The TFLite models take token ids (`input_word_ids`, `input_mask`, "
-                  "`input_type_ids`, int32 `[batch, seq_length]`) and return logits; tokenise with "
-                  "the SavedModel's `preprocess` signature (or `vocab.txt` beside them with a "
-                  "WordPiece tokeniser). `dynamic_range`: int8 weights, float activations. `int8`: "
-                  "the fully-connected layers and embedding lookups run in int8 (weights and "
-                  "activations, calibrated on a sample of the training split); LayerNorm, softmax "
-                  "and GELU stay float, because int8 there cost about 25 points on BBC News (see "
-                  "`tfpretrain/tflite.py`).", ""]
+                  "`input_type_ids`, int32 `[batch, width]`, any width up to the export's "
+                  "sequence length: cut a request to its longest text and it costs only that) and"
+                  " return logits; tokenise with the SavedModel's `preprocess` signature (or "
+                  "`vocab.txt` beside them with a WordPiece tokeniser). `dynamic_range`: int8 "
+                  "weights, float activations. `int8`: the fully-connected layers and embedding "
+                  "lookups run in int8 (weights and activations, calibrated on a sample of the "
+                  "training split); LayerNorm, softmax and GELU stay float, because int8 there "
+                  "cost about 25 points on BBC News (see `tfpretrain/tflite.py`).", ""]
         rows = [("SavedModel (float32)", f"{saved_bytes / 2**20:.1f} MiB", "100%",
                  _percent(test and test["accuracy"]))]
         for variant, info in tflite.items():

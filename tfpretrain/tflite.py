@@ -4,7 +4,8 @@ The tokeniser stays outside the TFLite model: TensorFlow Text's WordPiece and no
 are neither TFLite builtins nor TF Select (Flex) ops, so a ``.tflite`` file with them inside would
 need a custom-op build of the interpreter. The models take the token ids of the export's
 ``preprocess`` signature (``input_word_ids``, ``input_mask``, ``input_type_ids``: int32
-``[batch, seq_length]``) and return ``logits`` ``[batch, classes]``; ``vocab.txt`` is written
+``[batch, width]``, any width up to the export's ``seq_length``: cut a request to its longest
+text and it costs only that) and return ``logits`` ``[batch, classes]``; ``vocab.txt`` is written
 beside them for on-device WordPiece tokenisers.
 """
 
@@ -27,9 +28,10 @@ from tfpretrain.files import atomic_directory
 VARIANTS = ("dynamic_range", "int8")
 
 
-def convert(model: keras.Model, seq_length: int, variant: str,
+def convert(model: keras.Model, seq_length: int | None, variant: str,
             representative: Mapping[str, np.ndarray] | None = None) -> bytes:
-    """The ``.tflite`` bytes of ``model`` (BERT inputs → logits) at a fixed ``seq_length``.
+    """The ``.tflite`` bytes of ``model`` (BERT inputs → logits) at a fixed ``seq_length``, or
+    (``None``) at any length: the interpreter then takes each request cut to its longest text.
 
     Args:
         variant: ``"float32"`` (no quantization), ``"dynamic_range"`` (int8 weights, float
@@ -90,7 +92,8 @@ def _convert(converter, variant, representative):
     return debugger.get_nondebug_quantized_model()
 
 
-def _interpreter(path=None, content=None):
+def interpreter(path: str | None = None, content: bytes | None = None) -> Any:
+    """A TFLite interpreter on a ``.tflite`` file or its bytes, using every core."""
     # "tf.lite.Interpreter is deprecated": LiteRT is not a dependency
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -99,14 +102,14 @@ def _interpreter(path=None, content=None):
 
 
 def _op_names(content):
-    return {op["op_name"] for op in _interpreter(content=content)._get_ops_details()}
+    return {op["op_name"] for op in interpreter(content=content)._get_ops_details()}
 
 
 def tflite_logits(path: str, inputs: Mapping[str, np.ndarray],
                   batch_size: int = 16) -> np.ndarray:
     """Logits ``[N, C]`` of the ``.tflite`` model at ``path`` on BERT inputs (dict of ``[N,
     seq]``) through the TFLite interpreter."""
-    runner = _interpreter(path).get_signature_runner()
+    runner = interpreter(path).get_signature_runner()
     count = len(next(iter(inputs.values())))
     out = []
     for start in range(0, count, batch_size):
@@ -116,17 +119,18 @@ def tflite_logits(path: str, inputs: Mapping[str, np.ndarray],
     return np.concatenate(out)
 
 
-def export_tflite(model: keras.Model, directory: str, seq_length: int,
+def export_tflite(model: keras.Model, directory: str,
                   representative: Mapping[str, np.ndarray] | None, vocab_file: str | None = None,
                   variants: Sequence[str] = VARIANTS) -> dict[str, dict[str, Any]]:
     """Writes ``model_<variant>.tflite`` per variant (and ``vocab.txt``) into ``directory``,
-    atomically; returns ``{variant: {"file": relative path, "bytes": size}}``."""
+    atomically; returns ``{variant: {"file": relative path, "bytes": size}}``. The models take
+    any sequence length (``convert`` with ``seq_length=None``)."""
     written = {}
     with atomic_directory(directory) as tmp:
         for variant in variants:
             print(f"TFLite: converting ({variant})", flush=True)
             name = f"model_{variant}.tflite"
-            data = convert(model, seq_length, variant, representative)
+            data = convert(model, None, variant, representative)
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(data)
             written[variant] = {"file": os.path.join(os.path.basename(directory), name),
@@ -157,7 +161,7 @@ def export_and_score(model: keras.Model, directory: str, encoder: Any,
     split = "test" if "test" in datasets else "validation"
     inputs, labels = packed(datasets[split])
     vocab = getattr(encoder.preprocessor, "vocab_file", None)
-    written = export_tflite(model, directory, encoder.seq_length, representative,
+    written = export_tflite(model, directory, representative,
                             vocab.asset_path.numpy().decode() if vocab is not None else None)
     root = os.path.dirname(directory)
     for variant, info in written.items():

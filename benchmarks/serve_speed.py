@@ -1,10 +1,16 @@
-"""Serving speed on raw strings: tfpretrain's exported SavedModel vs Hugging Face's pipeline.
+"""Serving speed on raw strings: tfpretrain's exported SavedModel and TFLite model vs Hugging Face's
+pipeline.
 
 Same checkpoint (the minilm_l6 preset, all-MiniLM-L6-v2) with a 2-class head (untrained: speed
 only) on both sides, SST-2 dev sentences (872):
 
 - tfpretrain: ``tp.export_text_classifier`` (tokenisation inside the graph; each request computed
   up to its longest text), loaded with ``tf.saved_model.load(dir).signatures["serving_default"]``;
+- tflite: the same model converted by ``tp.tflite.convert`` (--tflite-variant: "dynamic_range",
+  int8 weights and float activations as ``--export.tflite=true`` writes, or "float32") with a
+  free sequence length, run by the TFLite interpreter (XNNPACK); the clock
+  includes tokenisation (the preprocessor's ``bert_pack_inputs`` in TensorFlow, as a
+  ``tf.function``) and cuts each request to its longest text, as the SavedModel does;
 - hf_pipeline: ``pipeline("text-classification")`` in benchmarks/.hf-venv (a subprocess).
 
 Batch-1 latency: p50/p99 over --single sentences, one request each, after --warmup requests.
@@ -12,7 +18,9 @@ Batch-64 throughput: examples/s over the whole dev set in batches of --batch-siz
 warm-up batch).
 
     python benchmarks/serve_speed.py
-    python benchmarks/serve_speed.py --export runs/bert_text_classifier/export --single 100
+    python benchmarks/serve_speed.py --sides tflite --tflite-variant float32
+    python benchmarks/serve_speed.py --export runs/bert_text_classifier/export --single 100 \
+        --sides tfpretrain,hf_pipeline
 """
 
 import argparse
@@ -27,7 +35,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 
-SIDES = ("tfpretrain", "hf_pipeline")
+SIDES = ("tfpretrain", "tflite", "hf_pipeline")
 
 
 def parse_args(argv=None):
@@ -45,6 +53,9 @@ def parse_args(argv=None):
                         help="batch-1 requests timed (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=20,
                         help="batch-1 warm-up requests (default: %(default)s)")
+    parser.add_argument("--tflite-variant", default="dynamic_range",
+                        choices=("dynamic_range", "float32"),
+                        help="the tflite side's model (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64,
                         help="throughput batch size (default: %(default)s)")
     common.add_output_arguments(parser, SIDES, "serve_speed")
@@ -52,19 +63,48 @@ def parse_args(argv=None):
     common.parse_sides(parser, args, SIDES)
     if args.export and not os.path.isfile(os.path.join(args.export, "saved_model.pb")):
         parser.error(f"--export {args.export}: no saved_model.pb there")
+    if args.export and "tflite" in args.sides:
+        parser.error("the tflite side converts the classifier it builds; with --export, pass "
+                     "--sides tfpretrain,hf_pipeline")
     return args
 
 
-def export_classifier(path, seq_length):
+def build_classifier(seq_length):
     import tfpretrain as tp
 
     encoder = tp.load_bert_encoder(common.PRESET, trainable=False, seq_length=seq_length or None)
-    model = tp.build_bert_classifier(encoder.layer, 2, encoder.pooling, seed=0)
+    return encoder, tp.build_bert_classifier(encoder.layer, 2, encoder.pooling, seed=0)
+
+
+def export_classifier(path, encoder, model):
+    import tfpretrain as tp
+
     common.log(f"exporting a {common.PRESET} classifier ({encoder.seq_length} tokens) to "
                f"{path} ...")
     tp.export_text_classifier(model, ["negative", "positive"], path, encoder.preprocessor,
                               encoder.seq_length)
-    return encoder.seq_length
+
+
+def _time(predict, single, texts, args):
+    """Batch-1 p50/p99 over ``single`` (after ``args.warmup`` requests) and throughput over
+    ``texts`` in batches of ``args.batch_size`` (after one warm-up batch)."""
+    for text in single[:args.warmup]:
+        predict([text])
+    latencies = []
+    for text in single:
+        start = time.perf_counter()
+        predict([text])
+        latencies.append(time.perf_counter() - start)
+    batches = [texts[i:i + args.batch_size] for i in range(0, len(texts), args.batch_size)]
+    predict(batches[0])
+    start = time.perf_counter()
+    for batch in batches:
+        predict(batch)
+    seconds = time.perf_counter() - start
+    latencies = np.asarray(latencies) * 1000
+    return {"p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99)),
+            "batch_seconds": seconds, "batch_examples_per_s": len(texts) / seconds}
 
 
 def time_tfpretrain(path, single, texts, args):
@@ -72,23 +112,29 @@ def time_tfpretrain(path, single, texts, args):
     import tensorflow_text  # noqa: F401  (the export's tokeniser ops)
 
     serve = tf.saved_model.load(path).signatures["serving_default"]
-    for text in single[:args.warmup]:
-        serve(text=tf.constant([text]))["probabilities"].numpy()
-    latencies = []
-    for text in single:
-        start = time.perf_counter()
-        serve(text=tf.constant([text]))["probabilities"].numpy()
-        latencies.append(time.perf_counter() - start)
-    batches = [texts[i:i + args.batch_size] for i in range(0, len(texts), args.batch_size)]
-    serve(text=tf.constant(batches[0]))["probabilities"].numpy()  # warm-up
-    start = time.perf_counter()
-    for batch in batches:
-        serve(text=tf.constant(batch))["probabilities"].numpy()
-    seconds = time.perf_counter() - start
-    latencies = np.asarray(latencies) * 1000
-    return {"p50_ms": float(np.percentile(latencies, 50)),
-            "p99_ms": float(np.percentile(latencies, 99)),
-            "batch_seconds": seconds, "batch_examples_per_s": len(texts) / seconds}
+    return _time(lambda batch: serve(text=tf.constant(batch))["probabilities"].numpy(), single,
+                 texts, args)
+
+
+def time_tflite(encoder, model, single, texts, args):
+    import tensorflow as tf
+
+    import tfpretrain as tp
+    from tfpretrain.data.pipeline import pack_texts
+
+    common.log(f"tflite: converting ({args.tflite_variant}, free sequence length) ...")
+    content = tp.tflite.convert(model, None, args.tflite_variant)
+    runner = tp.tflite.interpreter(content=content).get_signature_runner()
+    pack = tf.function(lambda batch: pack_texts(encoder.preprocessor, batch, encoder.seq_length))
+
+    def predict(batch):
+        inputs = {k: v.numpy() for k, v in pack(tf.constant(batch)).items()}
+        width = int(inputs["input_mask"].sum(1).max())  # up to the longest text, as the export
+        logits = runner(**{k: v[:, :width] for k, v in inputs.items()})["logits"]
+        return np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+
+    return {**_time(predict, single, texts, args), "variant": args.tflite_variant,
+            "model_bytes": len(content)}
 
 
 def main(argv=None):
@@ -99,15 +145,23 @@ def main(argv=None):
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         seq_length = args.seq_length or 256
+        encoder = model = None
+        if not args.export and {"tfpretrain", "tflite"} & set(args.sides):
+            encoder, model = build_classifier(args.seq_length)
+            seq_length = encoder.seq_length
         if "tfpretrain" in args.sides:
             path = args.export
             if not path:
                 path = os.path.join(scratch, "export")
-                seq_length = export_classifier(path, args.seq_length)
+                export_classifier(path, encoder, model)
             common.log(f"tfpretrain: {len(single)} single requests, then {len(texts)} texts in "
                        f"batches of {args.batch_size} ...")
             results["tfpretrain"] = {**time_tfpretrain(path, single, texts, args),
                                      "export": args.export or "(temporary)"}
+        if "tflite" in args.sides:
+            common.log(f"tflite: {len(single)} single requests, then {len(texts)} texts in "
+                       f"batches of {args.batch_size} ...")
+            results["tflite"] = time_tflite(encoder, model, single, texts, args)
         if "hf_pipeline" in args.sides:
             common.log(f"hf_pipeline: {len(single)} single requests, then {len(texts)} texts in "
                        f"batches of {args.batch_size} ...")
@@ -134,6 +188,7 @@ def main(argv=None):
     common.write_json(args.output, {
         "benchmark": "serve_speed", "checkpoint": common.PRESET, "settings": {
             "single": len(single), "warmup": args.warmup, "batch_size": args.batch_size,
+            "tflite_variant": args.tflite_variant,
             "texts": len(texts), "seq_length": seq_length, "data": os.path.abspath(args.data)},
         "machine": {**common.machine_info(),
                     **({k: hf[k] for k in ("torch", "transformers", "torch_threads")}

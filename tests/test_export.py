@@ -43,7 +43,7 @@ def test_serving_computes_only_up_to_the_longest_text_with_unchanged_outputs(toy
     served = tf.saved_model.load(path).signatures["serving_default"](text=tf.constant(texts))
     assert np.abs(served["probabilities"].numpy() - untrimmed).max() <= 1e-5
     assert np.abs(tf.nn.softmax(model(trimmed, training=False)).numpy() - untrimmed).max() <= 1e-5
-    # The TFLite models' inputs keep the fixed length.
+    # The `preprocess` signature (what the TFLite models are fed) keeps the fixed length.
     fixed = tf.saved_model.load(path).signatures["preprocess"](text=tf.constant(texts))
     assert fixed["input_word_ids"].shape == (4, 64)
 

@@ -27,6 +27,9 @@ def transfer_run(tmp_path_factory):
     return root, pre, run
 
 
+# The fixture's two recipe runs take about 50 s: its three tests are in the slow suite (.ci/run
+# runs it); tests/test_images.py and tests/test_image_encoders.py cover the pieces by default.
+@pytest.mark.slow
 def test_pretrain_exports_an_image_feature_vector(transfer_run):
     root, pre, _ = transfer_run
     assert "steps/epoch 13 | total steps 26" in pre.stdout  # 811 digits 0-4 in batches of 64
@@ -39,6 +42,7 @@ def test_pretrain_exports_an_image_feature_vector(transfer_run):
     assert (root / "pre" / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_transfer_with_baselines_and_both_export_signatures(transfer_run):
     root, _, run = transfer_run
     out = run.stdout
@@ -70,6 +74,7 @@ def test_transfer_with_baselines_and_both_export_signatures(transfer_run):
     assert "`serving_float`" in report and "image_bytes" in report
 
 
+@pytest.mark.slow
 def test_predict_cli_classifies_image_files(transfer_run, tmp_path):
     root, _, _ = transfer_run
     digit = tf.constant(np.full((8, 8, 1), 200, np.uint8))

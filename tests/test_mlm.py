@@ -281,6 +281,7 @@ def test_a_new_bert_is_written_in_float32_under_a_mixed_policy(tmp_path):
     assert load_bert_encoder(encoder, preprocessor, implementation="keras").layer is not None
 
 
+@pytest.mark.slow  # 20 s: two new BERTs and a TFDS dataset
 def test_a_new_bert_is_drawn_from_its_seed_alone(tmp_path):
     """A TFDS dataset prepared on first use draws random numbers before the encoder is built;
     the initial weights (the random-init baseline) must not depend on it."""

@@ -34,8 +34,8 @@ def _scratch_args(corpus, workdir, *extra):
 
 
 # The from-scratch run trains long enough to fill [MASK] reliably (~2 min): the three tests that use
-# it are in the slow suite (.ci/run runs it); the continued-pretraining test below is the default
-# suite's end-to-end run of this recipe.
+# it are in the slow suite (.ci/run runs it), and so is the continued-pretraining test below;
+# tests/test_mlm.py covers the recipe's pieces by default.
 @pytest.fixture(scope="module")
 def scratch_run(tmp_path_factory):
     base = tmp_path_factory.mktemp("mlm")
@@ -95,10 +95,11 @@ def test_text_classifier_fine_tunes_the_pretrained_encoder(scratch_run, toy_csv,
     assert metrics["test"]["accuracy"] >= 0.8
 
 
+@pytest.mark.slow  # 32 s a run; tests/test_mlm.py covers the pieces (resume, export) by default
 @pytest.mark.parametrize("flags", [
     [],
     pytest.param(["--model.implementation=keras", "--runtime.precision=mixed_bfloat16"],
-                 marks=pytest.mark.slow, id="keras-bfloat16")])
+                 id="keras-bfloat16")])
 def test_continued_pretraining_of_a_bert_lowers_its_heldout_loss(toy_bert, tmp_path, flags):
     words = "the team won the match with a great goal and the market made a profit".split()
     corpus = tmp_path / "corpus.txt"

@@ -24,7 +24,7 @@ from tfpretrain import tflite
 
 def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
     workdir = tmp_path / "run"
-    result = run_python(toy_recipe_args(toy_bert, toy_csv, workdir, "--export.tflite=true"))
+    result = run_python(toy_recipe_args(toy_bert, toy_csv, workdir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert not CPP_LOG_LINE.search(result.stderr + result.stdout), result.stderr[:3000]
     out = result.stdout
@@ -40,21 +40,12 @@ def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
                      "export/saved_model.pb", "checkpoints/checkpoint"):
         assert (workdir / artifact).exists(), artifact
     assert any(f.startswith("events") for f in os.listdir(workdir / "logs" / "train"))
-    # TFLite: both quantized models, run through the TFLite interpreter on the test split.
-    for variant in ("dynamic_range", "int8"):
-        info = metrics["tflite"][variant]
-        assert (workdir / info["file"]).stat().st_size == info["bytes"] > 0
-        assert info["accuracy"] == 1.0, variant
-        runner = tflite.interpreter(str(workdir / info["file"])).get_signature_runner()
-        inputs = runner.get_input_details()
-        assert all(list(inputs[name]["shape_signature"]) == [-1, -1] for name in inputs)  # any
-    assert (workdir / "tflite" / "vocab.txt").exists()
+    assert "tflite" not in metrics and not (workdir / "tflite").exists()
     report = (workdir / "report.md").read_text()
     for section in ("## Data", "## Encoder", "## Hyper-parameters", "## Results",
                     "### Per class (test)", "![confusion matrix](confusion_matrix.png)",
                     "![learning curves](learning_curves.png)", "`predict_embeddings`",
-                    "### Serve it with TF Serving (REST)", "### TFLite",
-                    "`tflite/model_int8.tflite`", "## Reproduce"):
+                    "### Serve it with TF Serving (REST)", "## Reproduce"):
         assert section in report, section
     request = json.loads((workdir / "request.json").read_text())
     assert request["signature_name"] == "serving_default" and len(request["instances"]) == 2
@@ -69,6 +60,26 @@ def test_bert_text_classifier_end_to_end(toy_bert, toy_csv, tmp_path):
                         str(workdir / "config.json"), "--export.enabled=false"])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Resuming from" in again.stdout
+
+
+@pytest.mark.slow  # 70 s; tests/test_export.py converts at any length by default
+def test_tflite_export_writes_both_models_at_any_length_and_scores_them(toy_bert, toy_csv,
+                                                                         tmp_path):
+    workdir = tmp_path / "run"
+    result = run_python(toy_recipe_args(toy_bert, toy_csv, workdir, "--export.tflite=true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    # Both quantized models, run through the TFLite interpreter on the test split.
+    for variant in ("dynamic_range", "int8"):
+        info = metrics["tflite"][variant]
+        assert (workdir / info["file"]).stat().st_size == info["bytes"] > 0
+        assert info["accuracy"] == 1.0, variant
+        runner = tflite.interpreter(str(workdir / info["file"])).get_signature_runner()
+        inputs = runner.get_input_details()
+        assert all(list(inputs[name]["shape_signature"]) == [-1, -1] for name in inputs)  # any
+    assert (workdir / "tflite" / "vocab.txt").exists()
+    report = (workdir / "report.md").read_text()
+    assert "### TFLite" in report and "`tflite/model_int8.tflite`" in report
 
 
 @pytest.mark.slow  # 45 s: two recipe runs (tests/test_train.py covers the loop by default)
@@ -259,7 +270,8 @@ def test_use_text_classifier_frozen_caches_embeddings_across_runs(toy_use, toy_c
     assert second.stdout.count("reusing cached embeddings") == 3
 
 
-@pytest.mark.parametrize("variant", ["call", "signature"])
+# "call" runs in the slow suite (16 s): the same recipe path as "signature" but for the lookup.
+@pytest.mark.parametrize("variant", [pytest.param("call", marks=pytest.mark.slow), "signature"])
 def test_use_text_classifier_takes_any_strings_to_vectors_model(toy_use, toy_csv, tmp_path,
                                                                 variant):
     result = run_python(_use_args(toy_use[variant], toy_csv, tmp_path / "run",
@@ -268,6 +280,8 @@ def test_use_text_classifier_takes_any_strings_to_vectors_model(toy_use, toy_csv
     assert "dim 8" in result.stdout and _export_difference(result.stdout) <= 1e-5
 
 
+# 34 s: the frozen recipe runs by default (above); tests/test_sentence.py fine-tunes the encoder.
+@pytest.mark.slow
 def test_use_text_classifier_fine_tunes_end_to_end(toy_use, toy_csv, tmp_path):
     result = run_python(_use_args(toy_use["from_bert"], toy_csv, tmp_path / "run",
                                   "--model.trainable=true", "--train.head_epochs=2",

@@ -68,9 +68,10 @@ def long_texts(texts, labels, n, words, seed=0):
     order = np.random.default_rng(seed).permutation(len(texts))
     joined, joined_labels, position = [], [], 0
     while len(joined) < n:
-        parts = []
-        while sum(len(p.split()) for p in parts) < words:
+        parts, count = [], 0
+        while count < words:
             parts.append(texts[order[position % len(order)]])
+            count += len(parts[-1].split())
             position += 1
         if position > 2 * len(order):
             sys.exit(f"error: {len(texts)} texts cannot make {n} texts of {words} words")

@@ -120,18 +120,19 @@ def time_tflite(encoder, model, single, texts, args):
     import tensorflow as tf
 
     import tfpretrain as tp
-    from tfpretrain.data.pipeline import pack_texts
+    from tfpretrain.data.pipeline import pack_texts, trim_to_longest
 
     common.log(f"tflite: converting ({args.tflite_variant}, free sequence length) ...")
     content = tp.tflite.convert(model, None, args.tflite_variant)
     runner = tp.tflite.interpreter(content=content).get_signature_runner()
-    pack = tf.function(lambda batch: pack_texts(encoder.preprocessor, batch, encoder.seq_length))
+    # Packed and cut to the longest text as the SavedModel export does, in one graph call.
+    pack = tf.function(lambda batch: trim_to_longest(
+        pack_texts(encoder.preprocessor, batch, encoder.seq_length)))
 
     def predict(batch):
-        inputs = {k: v.numpy() for k, v in pack(tf.constant(batch)).items()}
-        width = int(inputs["input_mask"].sum(1).max())  # up to the longest text, as the export
-        logits = runner(**{k: v[:, :width] for k, v in inputs.items()})["logits"]
-        return np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+        logits = runner(**{k: v.numpy() for k, v in pack(tf.constant(batch)).items()})["logits"]
+        exp = np.exp(logits - logits.max(-1, keepdims=True))
+        return exp / exp.sum(-1, keepdims=True)
 
     return {**_time(predict, single, texts, args), "variant": args.tflite_variant,
             "model_bytes": len(content)}

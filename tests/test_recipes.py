@@ -333,10 +333,13 @@ def test_use_recipe_refuses_tflite_with_the_reason(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_an_unknown_best_metric_is_refused_before_training(toy_bert, toy_csv, tmp_path):
+def test_an_unknown_best_metric_is_refused_before_the_encoder_loads(toy_bert, toy_csv, tmp_path):
+    # The encoder does not exist: the refusal must come before anything loads it.
     result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run",
-                                        "--train.best_metric=acc"), timeout=120)
-    assert result.returncode == 2
+                                        "--train.best_metric=acc",
+                                        f"--model.encoder={tmp_path / 'no_encoder'}"),
+                        timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "train.best_metric='acc' is not a metric of this task" in lines[0]
     assert not (tmp_path / "run" / "checkpoints").exists()

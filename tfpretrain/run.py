@@ -142,7 +142,8 @@ class Run:
 
     def __init__(self, cfg: Any, recipe: str, task: Any = None, *,
                  multi_worker: bool = False) -> None:
-        self.cfg, self.recipe, self.task = cfg, recipe, task
+        self.cfg, self.recipe = cfg, recipe
+        self.task = task
         self.workdir = os.path.abspath(cfg.workdir)
         self.strategy = start_run(cfg, multi_worker)
         self.chief = is_chief(self.strategy)
@@ -153,6 +154,18 @@ class Run:
         self.artifacts = {"config": "config.json", "metrics": "metrics.json",
                           "timing": "timing.json", "checkpoints": "checkpoints/",
                           "tensorboard": "logs/"}
+
+    @property
+    def task(self) -> Any:
+        return self._task
+
+    @task.setter
+    def task(self, task: Any) -> None:
+        # An unknown train.best_metric is refused as soon as the task is known: before the
+        # encoder loads or anything trains.
+        if task is not None:
+            _check_best_metric(task, self.cfg.train.best_metric)
+        self._task = task
 
     def scope(self) -> Any:
         """``strategy.scope()``: build models and layers that train inside it."""
@@ -280,10 +293,7 @@ class Run:
                   "exact step and batch but is not bit-identical", flush=True)
 
     def _task_evaluation(self, validation, config):
-        if config.best_metric not in self.task.metric_names:
-            raise config_lib.ConfigError(
-                f"train.best_metric={config.best_metric!r} is not a metric of this task; choose "
-                f"one of {', '.join(self.task.metric_names)}")
+        _check_best_metric(self.task, config.best_metric)
         return lambda model: self.task.evaluate(model, validation)
 
     def finish(self, model: keras.Model | None, state: TrainState, *,
@@ -364,3 +374,11 @@ def _smoothed(loss_fn: Callable, label_smoothing: float) -> Callable:
         raise config_lib.ConfigError(f"train.label_smoothing={label_smoothing}: this task's "
                                      "loss has no label smoothing; set it to 0")
     return functools.partial(loss_fn, label_smoothing=label_smoothing)
+
+
+def _check_best_metric(task: Any, best_metric: str) -> None:
+    """Refuses a ``train.best_metric`` the task does not compute ('' = the task's own)."""
+    if best_metric and best_metric not in task.metric_names:
+        raise config_lib.ConfigError(
+            f"train.best_metric={best_metric!r} is not a metric of this task; choose one of "
+            f"{', '.join(task.metric_names)}")

@@ -48,7 +48,8 @@ def test_serving_computes_only_up_to_the_longest_text_with_unchanged_outputs(toy
     assert fixed["input_word_ids"].shape == (4, 64)
 
 
-def test_tflite_models_take_any_length_and_a_cut_request_gives_the_same_logits(toy_bert):
+def test_tflite_models_take_any_length_and_a_cut_request_gives_the_same_logits(toy_bert,
+                                                                              tmp_path):
     from tfpretrain import tflite
 
     loaded = load_bert_encoder(*toy_bert)
@@ -65,6 +66,13 @@ def test_tflite_models_take_any_length_and_a_cut_request_gives_the_same_logits(t
             logits = runner(**inputs)["logits"]
             assert logits.shape == (3, 3)
             assert np.abs(logits - expected).max() <= tolerance, variant
+    # tflite_logits (how the recipe scores its TFLite models) cuts each batch to its longest
+    # text on a free-length model and keeps a fixed-length model's width.
+    for seq_length in (None, 64):
+        path = tmp_path / f"model_{seq_length}.tflite"
+        path.write_bytes(tflite.convert(model, seq_length, "float32"))
+        logits = tflite.tflite_logits(str(path), packed, batch_size=2)
+        assert np.abs(logits - expected).max() <= 1e-5, seq_length
 
 
 def test_export_serves_labels_and_empty_batches(toy_bert, tmp_path):

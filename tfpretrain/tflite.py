@@ -108,12 +108,17 @@ def _op_names(content):
 def tflite_logits(path: str, inputs: Mapping[str, np.ndarray],
                   batch_size: int = 16) -> np.ndarray:
     """Logits ``[N, C]`` of the ``.tflite`` model at ``path`` on BERT inputs (dict of ``[N,
-    seq]``) through the TFLite interpreter."""
+    seq]``, padded at the end) through the TFLite interpreter. Each batch is cut to its longest
+    example, as a server does: a model converted at any length computes only those tokens (one
+    converted at a fixed length needs its full width)."""
     runner = interpreter(path).get_signature_runner()
+    fixed = runner.get_input_details()["input_word_ids"]["shape_signature"][1]
     count = len(next(iter(inputs.values())))
     out = []
     for start in range(0, count, batch_size):
-        batch = {name: np.asarray(inputs[name][start:start + batch_size], np.int32)
+        mask = inputs["input_mask"][start:start + batch_size]
+        width = fixed if fixed > 0 else max(int(np.asarray(mask).sum(1).max()), 1)
+        batch = {name: np.asarray(inputs[name][start:start + batch_size, :width], np.int32)
                  for name in INPUT_NAMES}
         out.append(runner(**batch)["logits"])
     return np.concatenate(out)

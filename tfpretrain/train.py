@@ -31,7 +31,7 @@ from tfpretrain.checkpoints import (
     run_steps,
 )
 from tfpretrain.config import TrainConfig
-from tfpretrain.distribute import is_chief, report_worker_weights
+from tfpretrain.distribute import distribute_batches, is_chief, report_worker_weights
 from tfpretrain.step import make_train_step
 from tfpretrain.tasks.classification import classification_loss
 
@@ -260,7 +260,7 @@ class _Loop:
                     signals, started):
         """Trains until the epoch's batches run out (True) or the run ends first (False)."""
         epoch = self._count("epoch")
-        iterator = iter(self.strategy.experimental_distribute_dataset(batches))
+        iterator = iter(distribute_batches(self.strategy, batches))
         while True:
             steps = self.steps_to_next_event(total, steps_per_execution)
             losses = run_steps(train_steps, iterator, steps, self.step, self.manager)

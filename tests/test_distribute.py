@@ -207,6 +207,17 @@ def test_global_batch_splits_evenly_over_replicas():
         per_replica_batch_size(33, TwoReplicas())
 
 
+def test_an_epochs_batches_distribute_under_any_strategy_and_outside_one():
+    from tfpretrain.distribute import distribute_batches
+
+    batches = tf.data.Dataset.range(6).batch(2)
+    for strategy in (tf.distribute.get_strategy(),  # what fit gets called outside any scope
+                     tf.distribute.OneDeviceStrategy("/cpu:0")):
+        got = [strategy.experimental_local_results(b)[0].numpy().tolist()
+               for b in distribute_batches(strategy, batches)]
+        assert got == [[0, 1], [2, 3], [4, 5]]
+
+
 @pytest.mark.slow  # a 2-process cluster
 def test_recipes_without_chief_only_writes_refuse_a_cluster(tmp_path):
     ports = _free_ports(2)

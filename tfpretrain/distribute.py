@@ -90,9 +90,13 @@ def distribute_batches(strategy: tf.distribute.Strategy,
     that grows with how long the epoch ran (19–44 s after 50 steps of 2 s; a plain iterator of the
     same batches: none). When every device of the strategy is a CPU there is nothing to fetch to
     and a training pipeline has nothing left to tune (it reads cached, tokenised examples), so
-    both are turned off there; GPU and TPU runs keep the device prefetch.
+    both are turned off there; GPU and TPU runs keep the device prefetch. Outside any strategy's
+    scope (``tf.distribute.get_strategy()``) the batches are iterated as they are.
     """
-    devices = strategy.extended.worker_devices
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy (no scope): iterating it iterates the batches
+        return strategy.experimental_distribute_dataset(batches)
     if not all("CPU" in device.upper() for device in devices):
         return strategy.experimental_distribute_dataset(batches)
     options = tf.data.Options()

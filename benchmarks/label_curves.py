@@ -133,6 +133,23 @@ def plot(table, curves, counts, path, title):
     plt.close(figure)
 
 
+def data_config(config, fields):
+    """``config`` (a ``TextDataConfig`` or ``ImageDataConfig``) with each ``--data KEY=VALUE``
+    applied as the recipes apply ``--data.KEY=VALUE``: converted to the field's type
+    (``swap_pairs=false`` is false), unknown keys and bad values refused."""
+    from tfpretrain.config import ConfigError, set_value
+
+    for field in fields:
+        key, sep, value = field.partition("=")
+        if not sep:
+            raise SystemExit(f"--data {field!r}: expected KEY=VALUE")
+        try:
+            set_value(config, key, value)
+        except ConfigError as error:
+            raise SystemExit(f"--data {field!r}: {error}") from None
+    return config
+
+
 class Task:
     """Trains and scores one curve's classifier on one subset; a task says how to ``build`` it."""
 
@@ -191,7 +208,7 @@ class TextTask(Task):
     def __init__(self, args):
         super().__init__(args)
         tp = self.tp
-        data = tp.load_text_data(tp.TextDataConfig(**dict(a.split("=", 1) for a in args.data)))
+        data = tp.load_text_data(data_config(tp.TextDataConfig(), args.data))
         self.label_names = data.label_names
         self.train = list(data.datasets["train"].as_numpy_iterator())
         self.test = data.datasets["test" if "test" in data.datasets else "validation"]
@@ -228,10 +245,7 @@ class ImageTask(Task):
     def __init__(self, args):
         super().__init__(args)
         tp = self.tp
-        defaults = tp.ImageDataConfig(train_per_class=0)
-        fields = dict(a.split("=", 1) for a in args.data)
-        config = tp.ImageDataConfig(**{**vars(defaults), **{
-            key: type(getattr(defaults, key))(value) for key, value in fields.items()}})
+        config = data_config(tp.ImageDataConfig(train_per_class=0), args.data)
         datasets, self.label_names = tp.images.make_image_datasets(config)
         self.augment = config.augment
         self.train = list(datasets["train"].as_numpy_iterator())

@@ -48,6 +48,21 @@ def test_long_texts_join_whole_sentences_up_to_the_length():
         common.long_texts(texts[:4], labels[:4], 50, 12)
 
 
+def test_data_fields_are_typed_and_checked_as_the_recipes_flags_are():
+    from tfpretrain.data.images import ImageDataConfig
+    from tfpretrain.data.text import TextDataConfig
+
+    text = label_curves.data_config(TextDataConfig(), ["swap_pairs=false", "label_key=category"])
+    assert text.swap_pairs is False and text.label_key == "category"
+    assert label_curves.data_config(TextDataConfig(), ["swap_pairs=yes"]).swap_pairs is True
+    image = label_curves.data_config(ImageDataConfig(train_per_class=0), ["train_per_class=20"])
+    assert image.train_per_class == 20
+    for bad, message in [("train_per_class=many", "expects int"), ("colour=red", "unknown"),
+                         ("train_per_class", "KEY=VALUE")]:
+        with pytest.raises(SystemExit, match=message):
+            label_curves.data_config(ImageDataConfig(), [bad])
+
+
 def test_parse_curve():
     assert label_curves.parse_curve("a b=runs/x/export:frozen@1e-2", 1e-3) == {
         "name": "a b", "encoder": "runs/x/export", "mode": "frozen", "frozen": True,

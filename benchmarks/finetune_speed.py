@@ -149,13 +149,18 @@ def run_hf(texts, labels, args, model_dir, group_by_length):
         "group_by_length": group_by_length})
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def load_texts(args):
+    """The benchmark's examples: a seed-0 random subset of SST-2 train, or (``--long-texts``)
+    consecutive sentences joined to fill ``--seq-length``."""
     texts, labels = common.read_tsv(args.data, "train")
     if args.long_texts:
-        texts, labels = common.long_texts(texts, labels, args.examples, args.seq_length, seed=0)
-    else:
-        texts, labels = common.random_subset(texts, labels, args.examples, seed=0)
+        return common.long_texts(texts, labels, args.examples, args.seq_length, seed=0)
+    return common.random_subset(texts, labels, args.examples, seed=0)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    texts, labels = load_texts(args)
     model_dir = common.hf_model_dir()
     shape = common.model_shape(model_dir)
     hf_wanted = any(side.startswith("hf_") for side in args.sides)

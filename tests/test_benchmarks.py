@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchmarks import common, label_curves
+from benchmarks import common, label_curves, step_profile
 
 LABELS = [0] * 30 + [1] * 30 + [2] * 3
 
@@ -115,3 +115,46 @@ def test_text_curves_refuse_scratch(tmp_path):
     with pytest.raises(SystemExit):
         label_curves.main([f"--workdir={tmp_path}", "--curve=s=minilm_l6:scratch"])
 
+
+
+def test_self_time_subtracts_the_events_nested_in_an_event():
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    line = xplane_pb2.XLine()
+    for metadata_id, offset, duration in [(1, 0, 100), (2, 10, 30), (3, 15, 5), (4, 50, 20),
+                                          (5, 200, 40)]:
+        line.events.add(metadata_id=metadata_id, offset_ps=offset, duration_ps=duration)
+    # 1 holds 2 (which holds 3) and 4; 5 follows on its own.
+    assert sorted(step_profile._self_times(line)) == [(1, 50), (2, 25), (3, 5), (4, 20), (5, 40)]
+
+
+def test_step_profile_reads_op_types_and_scopes_from_a_real_trace(tmp_path):
+    import tensorflow as tf
+
+    w = tf.Variable(tf.random.stateless_normal((64, 64), seed=(1, 2)))
+    x = tf.random.stateless_normal((256, 64), seed=(3, 4))
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            with tf.name_scope("dropout"):
+                h = tf.nn.dropout(tf.matmul(x, w), 0.1, seed=1)
+            loss = tf.reduce_sum(tf.square(h))
+        w.assign_sub(1e-6 * tape.gradient(loss, w))
+
+    step()
+    tf.profiler.experimental.start(str(tmp_path))
+    for _ in range(3):
+        step()
+    tf.profiler.experimental.stop()
+
+    times = step_profile.op_times(str(tmp_path))
+    assert any(kind.endswith("MatMul") for _, kind in times)
+    types, groups, total = step_profile.summarize(times, steps=3)
+    assert total > 0
+    assert sum(share for _, _, share in types) == pytest.approx(1.0)
+    shares = {label: share for label, _, share in groups}
+    assert 0 < shares["matrix products"] < 1
+    assert 0 < shares["dropout"] < 1
+    assert 0 < shares["backward pass"] < 1
+    assert shares["GELU"] == 0

@@ -171,3 +171,21 @@ def test_mixed_bfloat16_reaches_the_encoder(toy_bert):
     assert served["sequence_output"].dtype == tf.float32
     assert _difference(served, saved(inputs, training=False), inputs["input_mask"]) <= 1e-5
     assert layer(inputs)["sequence_output"].dtype == tf.bfloat16  # and back after the block
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_gelu_computes_in_float32_under_mixed_precision(toy_bert, exact):
+    layer = bert.build_keras_bert_encoder(hub.load_saved_model(toy_bert[0]))
+    layer.set_exact_gelu(exact)
+    activation = layer.backbone.transformer_layers[0]._feedforward_intermediate_dense.activation
+    x = tf.linspace(-5.0, 5.0, 4001)
+    reference = keras.activations.gelu(x, approximate=not exact)
+    np.testing.assert_array_equal(activation(x), reference)  # float32: the function itself
+    x = tf.cast(x, tf.bfloat16)
+    half = activation(x)
+    assert half.dtype == tf.bfloat16
+    # Computed in float32 and rounded once, which bfloat16 arithmetic does not give.
+    np.testing.assert_array_equal(half, tf.cast(keras.activations.gelu(
+        tf.cast(x, tf.float32), approximate=not exact), tf.bfloat16))
+    in_bfloat16 = keras.activations.gelu(x, approximate=not exact)
+    assert np.any(np.asarray(in_bfloat16) != np.asarray(half))

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -91,6 +92,25 @@ def run_python(args, env=None, timeout=600):
     full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def kill_9_once_checkpointed(args, workdir, timeout=300):
+    """Starts ``python args...`` and kills it (SIGKILL) once a checkpoint is on record.
+
+    On record means named in ``checkpoints/checkpoint``, the state file tf.train.CheckpointManager
+    writes after each save and reads on restore: a ``ckpt-N.index`` can be on disk before it, and a
+    run killed in between has nothing to resume from (it starts again, correctly).
+    """
+    state = os.path.join(workdir, "checkpoints", "checkpoint")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None and not os.path.exists(state):
+        time.sleep(0.2)  # the state file is written whole (a rename), so it exists or it does not
+    process.kill()
+    process.wait()
+    assert os.path.exists(state), f"no checkpoint on record in {timeout} s"
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,6 @@
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -14,6 +10,7 @@ from tests.conftest import (
     CPP_LOG_LINE,
     ROOT,
     TOY_ROWS,
+    kill_9_once_checkpointed,
     run_python,
     saved_model_cli_serving,
     toy_recipe_args,
@@ -148,16 +145,7 @@ def test_kill_9_mid_training_then_rerun_resumes(toy_bert, toy_csv, tmp_path, imp
     args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=40",
                            "--train.checkpoint_every=5", "--export.enabled=false",
                            f"--model.implementation={implementation}")
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    checkpoints = workdir / "checkpoints"
-    while time.time() < deadline and not list(checkpoints.glob("ckpt-1[05].index")):
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert list(checkpoints.glob("*.index")), "no checkpoint before the kill"
+    kill_9_once_checkpointed(args, workdir)
     assert not (workdir / "metrics.json").exists()
     result = run_python(args)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -2,12 +2,7 @@
 
 import dataclasses
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +11,7 @@ import tensorflow as tf
 from tests.conftest import (
     NEGATIVE,
     POSITIVE,
-    ROOT,
+    kill_9_once_checkpointed,
     run_python,
     saved_model_cli_serving,
     write_csv,
@@ -227,15 +222,8 @@ def test_kill_9_mid_training_of_a_pair_task_then_rerun_resumes(toy_bert, pair_fi
     workdir = tmp_path / "run"
     args = _args(workdir, toy_bert, pair_files, "--data.text_key=sentence1,sentence2",
                  "--train.epochs=40", "--train.checkpoint_every=5", "--export.enabled=false")
-    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=dict(os.environ,
-                                                                          PYTHONPATH=ROOT),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, checkpoints = time.time() + 300, workdir / "checkpoints"
-    while time.time() < deadline and not list(checkpoints.glob("ckpt-1[05].index")):
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert list(checkpoints.glob("*.index")) and not (workdir / "metrics.json").exists()
+    kill_9_once_checkpointed(args, workdir)
+    assert not (workdir / "metrics.json").exists()
     resumed = run_python(args)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [line for line in resumed.stdout.splitlines()

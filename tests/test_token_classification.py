@@ -2,18 +2,13 @@
 conlleval computes them, and the recipe end to end with its raw-text export."""
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import ROOT, run_python, saved_model_cli_serving
+from tests.conftest import kill_9_once_checkpointed, run_python, saved_model_cli_serving
 from tfpretrain.data.conll import Sentence, chunks, read_conll, to_iob2
 from tfpretrain.data.tagging import (
     TaggingDataConfig,
@@ -293,15 +288,8 @@ def test_kill_9_mid_training_of_a_tagger_then_rerun_resumes(toy_bert, tagged_fil
                      "--train.checkpoint_every=5", "--export.enabled=false")
 
     workdir = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, *args(workdir)], cwd=ROOT,
-                               env=dict(os.environ, PYTHONPATH=ROOT),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline, checkpoints = time.time() + 300, workdir / "checkpoints"
-    while time.time() < deadline and not list(checkpoints.glob("ckpt-*[05].index")):
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert list(checkpoints.glob("*.index")) and not (workdir / "metrics.json").exists()
+    kill_9_once_checkpointed(args(workdir), workdir)
+    assert not (workdir / "metrics.json").exists()
     resumed = run_python(args(workdir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [line for line in resumed.stdout.splitlines()

@@ -124,6 +124,25 @@ def test_a_hugging_face_bert_converts_exactly_and_once(hf_bert, capfd):
     assert f"{path}  ready  {zoo.preset_dir(path)}" in listed.stdout
 
 
+def test_a_conversion_under_mixed_bfloat16_still_writes_a_float32_encoder(hf_bert, tmp_path):
+    # A run sets its precision before it pulls its preset: the cached SavedModel must not keep it.
+    import shutil
+
+    import keras
+
+    path, weights = hf_bert
+    copy = shutil.copytree(path, tmp_path / "hf_bert")  # another handle: converted afresh
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        loaded = load_bert_encoder(str(copy), trainable=False)
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        keras.config.set_dtype_policy("float32")
+    ids = np.array([[2, 5, 7, 9, 3], [2, 10, 6, 8, 3]])
+    sequence, _ = _numpy_bert(weights, ids)
+    assert np.abs(loaded.layer(_feed(ids))["sequence_output"].numpy() - sequence).max() <= 1e-5
+
+
 def test_a_keras_hub_preset_directory_converts(tmp_path):
     import keras_hub
 

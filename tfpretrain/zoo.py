@@ -19,12 +19,13 @@ either format. It is downloaded and converted once into ``presets/<handle with /
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from tfpretrain.files import atomic_directory
 
@@ -148,6 +149,21 @@ def _log(message: str) -> None:
     print(f"[tfpretrain.zoo] {message}", file=sys.stderr, flush=True)
 
 
+@contextlib.contextmanager
+def _float32_policy() -> Iterator[None]:
+    """Keras's global dtype policy is float32 within the block. A conversion builds its Keras
+    models under the global policy, and a run under ``mixed_bfloat16`` pulls its preset after
+    setting it: the cached SavedModels would compute in bfloat16 for every later run."""
+    import keras
+
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
 def install_preset(name: str, info: dict, write: Callable[[str], object]) -> str:
     """Installs preset ``name`` atomically (replacing an old one): ``write(directory)`` writes its
     SavedModels into a temporary directory, then ``info`` (updated with the dict ``write`` may
@@ -158,7 +174,7 @@ def install_preset(name: str, info: dict, write: Callable[[str], object]) -> str
         ...                lambda d: shutil.copytree("export", f"{d}/encoder"))  # doctest: +SKIP
     """
     target = preset_dir(name)
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target) as tmp, _float32_policy():
         written = write(tmp)
         info = {**info, **(written if isinstance(written, dict) else {})}
         with open(os.path.join(tmp, PRESET_FILE), "w") as f:

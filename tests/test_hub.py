@@ -132,6 +132,7 @@ def test_imports_tensorflow_hub_without_pkg_resources(toy_bert):
     assert toy_bert[0] in result.stdout
 
 
+@pytest.mark.slow  # 21 s in the default suite, which must stay under 15 min
 def test_mirrored_strategy_on_two_logical_cpus(toy_bert):
     code = f"""
 import numpy as np, tensorflow as tf

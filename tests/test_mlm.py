@@ -132,6 +132,7 @@ def test_whole_word_masking_masks_every_piece_of_a_word(toy):
     assert split_words > 10  # the test saw words of several pieces
 
 
+@pytest.mark.slow  # 15 s in the default suite, which must stay under 15 min
 def test_masks_depend_only_on_the_seed_and_skip_replays_them(toy):
     _, _, first = _batches(toy, count=40)
     _, _, again = _batches(toy, count=40)
@@ -184,6 +185,7 @@ def test_head_scores_against_the_word_embeddings_or_its_own_table(toy_bert, toy,
                                atol=1e-6)
 
 
+@pytest.mark.slow  # 31 s in the default suite, which must stay under 15 min
 def test_fit_resumes_masked_lm_training_exactly(toy_bert, toy, tmp_path):
     from tfpretrain.optimizers import build_optimizer
     from tfpretrain.train import fit

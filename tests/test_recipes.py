@@ -203,6 +203,7 @@ def test_help_lists_flags(recipe, flag):
     assert not CPP_LOG_LINE.search(result.stderr), result.stderr[:3000]
 
 
+@pytest.mark.slow  # 14 s in the default suite, which must stay under 15 min
 def test_verbose_and_tf_cpp_min_log_level_bring_tensorflow_logging_back():
     """The quiet default is the entry points' doing: --verbose or TF_CPP_MIN_LOG_LEVEL=0 undo it."""
     verbose = run_python(["-m", "recipes.embed", "--verbose", "--help"], timeout=120)
@@ -291,6 +292,7 @@ def test_use_text_classifier_rejects_a_bert_encoder(toy_bert, toy_csv, tmp_path)
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # 15 s in the default suite, which must stay under 15 min
 def test_embed_writes_npy_metadata_and_projector_files(toy_use, tmp_path):
     texts = ["good film", "bad\tplot with a tab", "Café 東京"]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n\n", encoding="utf-8")

@@ -154,7 +154,9 @@ def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_cs
     assert json.loads(reference[1])["steps"] == 240
 
 
-@pytest.mark.parametrize("case", ["not_saved_model", "vocab_mismatch", "too_long",
+@pytest.mark.parametrize("case", ["not_saved_model",
+                                  pytest.param("vocab_mismatch", marks=pytest.mark.slow),  # 16 s
+                                  "too_long",
                                   "bad_utf8_error", "label_out_of_range", "single_class",
                                   "unwritable_workdir", "bad_choice", "score_not_a_number",
                                   "third_text_column", "unknown_label_in_a_set"])

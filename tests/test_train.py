@@ -194,6 +194,7 @@ def test_weight_averages_follow_the_warmed_up_decay_and_swap_back():
     np.testing.assert_array_equal(variable.numpy(), raw)
 
 
+@pytest.mark.slow  # 16 s in the default suite, which must stay under 15 min
 def test_averaged_weights_are_evaluated_kept_as_best_and_ended_on(toy_bert, tmp_path):
     import keras
 

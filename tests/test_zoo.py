@@ -17,6 +17,7 @@ from tfpretrain import zoo
 REFERENCE = os.path.join(ROOT, "tests", "fixtures", "minilm_reference.json")
 
 
+@pytest.mark.slow  # 15 s in the default suite, which must stay under 15 min
 def test_list_and_unknown_preset():
     result = run_python(["-m", "tfpretrain.zoo", "list"], timeout=60)
     assert result.returncode == 0 and "minilm_l6" in result.stdout

@@ -86,12 +86,18 @@ def pair_files(tmp_path):
             for split, n in (("train", 48), ("validation", 12), ("test", 12))}
 
 
+def python_env(**extra):
+    """The environment of a test's subprocess: ours plus ``extra``, the project root first on
+    PYTHONPATH."""
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def run_python(args, env=None, timeout=600):
     """Runs ``python args...`` from the project root; returns the CompletedProcess."""
-    full_env = dict(os.environ, **(env or {}))
-    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=python_env(**(env or {})),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def kill_9_once_checkpointed(args, workdir, timeout=300):
@@ -102,8 +108,7 @@ def kill_9_once_checkpointed(args, workdir, timeout=300):
     run killed in between has nothing to resume from (it starts again, correctly).
     """
     state = os.path.join(workdir, "checkpoints", "checkpoint")
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=python_env(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None and not os.path.exists(state):

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, run_python, toy_recipe_args
+from conftest import ROOT, python_env, run_python, toy_recipe_args
 
 # The recipe, on 2 logical CPU devices (set before TensorFlow starts).
 RECIPE_ON_TWO_CPUS = """
@@ -76,8 +76,7 @@ def _free_ports(count):
 def _start_worker(index, ports, args, log, recipe="recipes.bert_text_classifier"):
     tf_config = {"cluster": {"worker": [f"localhost:{p}" for p in ports]},
                  "task": {"type": "worker", "index": index}}
-    env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = python_env(TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="")
     return subprocess.Popen(
         [sys.executable, "-m", recipe, *args, "--runtime.strategy=multi_worker"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)

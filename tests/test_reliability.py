@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import ROOT, TOY_ROWS, run_python, toy_recipe_args, write_csv
+from tests.conftest import ROOT, TOY_ROWS, python_env, run_python, toy_recipe_args, write_csv
 from tfpretrain import converters, zoo
 
 
@@ -34,8 +34,7 @@ def _same_weights(a, b):
 
 
 def _popen(args):
-    return subprocess.Popen([sys.executable, *args], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT),
+    return subprocess.Popen([sys.executable, *args], cwd=ROOT, env=python_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -143,6 +143,34 @@ def test_a_conversion_under_mixed_bfloat16_still_writes_a_float32_encoder(hf_ber
     assert np.abs(loaded.layer(_feed(ids))["sequence_output"].numpy() - sequence).max() <= 1e-5
 
 
+def test_a_cached_conversion_that_computes_in_bfloat16_is_converted_again(
+        hf_bert, tmp_path, monkeypatch, capfd):
+    # What an earlier version left in the cache when a run's first pull was under mixed_bfloat16.
+    import contextlib
+    import shutil
+
+    import keras
+
+    path, weights = hf_bert
+    copy = str(shutil.copytree(path, tmp_path / "hf_bert"))
+    with monkeypatch.context() as patch:
+        patch.setattr(zoo, "_float32_policy", contextlib.nullcontext)
+        keras.config.set_dtype_policy("mixed_bfloat16")
+        try:
+            zoo.pull(copy)
+        finally:
+            keras.config.set_dtype_policy("float32")
+    encoder = os.path.join(zoo.preset_dir(copy), "encoder")
+    assert zoo.computes_in_reduced_precision(encoder)
+    capfd.readouterr()
+    loaded = load_bert_encoder(copy, trainable=False)
+    assert "converted under a mixed precision policy" in capfd.readouterr().err
+    assert not zoo.computes_in_reduced_precision(encoder)
+    ids = np.array([[2, 5, 7, 9, 3], [2, 10, 6, 8, 3]])
+    sequence, _ = _numpy_bert(weights, ids)
+    assert np.abs(loaded.layer(_feed(ids))["sequence_output"].numpy() - sequence).max() <= 1e-5
+
+
 def test_a_keras_hub_preset_directory_converts(tmp_path):
     import keras_hub
 

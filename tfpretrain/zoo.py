@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -164,6 +165,26 @@ def _float32_policy() -> Iterator[None]:
         keras.config.set_dtype_policy(policy)
 
 
+def computes_in_reduced_precision(saved_model_dir: str) -> bool:
+    """True when the SavedModel in ``saved_model_dir`` casts to bfloat16 or float16 anywhere in
+    its graph, as a conversion written under a mixed precision policy does (tfpretrain did so
+    before it converted under float32): such an encoder computes in the reduced precision even
+    when a run asks for float32."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    reduced = (types_pb2.DT_BFLOAT16, types_pb2.DT_HALF)
+    for graph in proto.meta_graphs:
+        library = graph.graph_def.library.function
+        nodes = itertools.chain(graph.graph_def.node, *(f.node_def for f in library))
+        if any(node.op == "Cast" and node.attr["DstT"].type in reduced for node in nodes):
+            return True
+    return False
+
+
 def install_preset(name: str, info: dict, write: Callable[[str], object]) -> str:
     """Installs preset ``name`` atomically (replacing an old one): ``write(directory)`` writes its
     SavedModels into a temporary directory, then ``info`` (updated with the dict ``write`` may
@@ -195,7 +216,11 @@ def pull(name: str) -> str:
         raise PresetError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}; "
                           "or a BERT KerasHub loads: hf://org/model, a KerasHub preset name")
     if is_installed(name):
-        return preset_dir(name)
+        if PRESETS.get(name, {}).get("recipe") or not computes_in_reduced_precision(
+                os.path.join(preset_dir(name), "encoder")):
+            return preset_dir(name)
+        _log(f"{name} in the cache was converted under a mixed precision policy by an earlier "
+             "version and computes in bfloat16/float16; converting it again")
     if not is_preset(name):
         _log(f"downloading (where needed) and converting {name} with KerasHub, once ...")
         target = install_preset(name, {}, lambda tmp: converters.convert_keras_hub_bert(name, tmp))

@@ -124,46 +124,30 @@ def test_a_hugging_face_bert_converts_exactly_and_once(hf_bert, capfd):
     assert f"{path}  ready  {zoo.preset_dir(path)}" in listed.stdout
 
 
-def test_a_conversion_under_mixed_bfloat16_still_writes_a_float32_encoder(hf_bert, tmp_path):
-    # A run sets its precision before it pulls its preset: the cached SavedModel must not keep it.
-    import shutil
-
-    import keras
-
-    path, weights = hf_bert
-    copy = shutil.copytree(path, tmp_path / "hf_bert")  # another handle: converted afresh
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        loaded = load_bert_encoder(str(copy), trainable=False)
-        assert keras.config.dtype_policy().name == "mixed_bfloat16"
-    finally:
-        keras.config.set_dtype_policy("float32")
-    ids = np.array([[2, 5, 7, 9, 3], [2, 10, 6, 8, 3]])
-    sequence, _ = _numpy_bert(weights, ids)
-    assert np.abs(loaded.layer(_feed(ids))["sequence_output"].numpy() - sequence).max() <= 1e-5
-
-
-def test_a_cached_conversion_that_computes_in_bfloat16_is_converted_again(
+def test_a_cached_bfloat16_conversion_is_converted_again_in_float32_under_mixed_bfloat16(
         hf_bert, tmp_path, monkeypatch, capfd):
-    # What an earlier version left in the cache when a run's first pull was under mixed_bfloat16.
+    # A run sets its precision before it pulls its preset. Earlier versions converted under that
+    # policy and cached an encoder computing in bfloat16; such a cache entry is converted again,
+    # and a conversion under mixed_bfloat16 writes a float32 encoder.
     import contextlib
     import shutil
 
     import keras
 
     path, weights = hf_bert
-    copy = str(shutil.copytree(path, tmp_path / "hf_bert"))
-    with monkeypatch.context() as patch:
-        patch.setattr(zoo, "_float32_policy", contextlib.nullcontext)
-        keras.config.set_dtype_policy("mixed_bfloat16")
-        try:
-            zoo.pull(copy)
-        finally:
-            keras.config.set_dtype_policy("float32")
+    copy = str(shutil.copytree(path, tmp_path / "hf_bert"))  # another handle: converted afresh
     encoder = os.path.join(zoo.preset_dir(copy), "encoder")
-    assert zoo.computes_in_reduced_precision(encoder)
-    capfd.readouterr()
-    loaded = load_bert_encoder(copy, trainable=False)
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        with monkeypatch.context() as patch:  # what earlier versions did
+            patch.setattr(zoo, "_float32_policy", contextlib.nullcontext)
+            zoo.pull(copy)
+        assert zoo.computes_in_reduced_precision(encoder)
+        capfd.readouterr()
+        loaded = load_bert_encoder(copy, trainable=False)
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    finally:
+        keras.config.set_dtype_policy("float32")
     assert "converted under a mixed precision policy" in capfd.readouterr().err
     assert not zoo.computes_in_reduced_precision(encoder)
     ids = np.array([[2, 5, 7, 9, 3], [2, 10, 6, 8, 3]])

@@ -93,16 +93,31 @@ def test_predict_cli_classifies_image_files(transfer_run, tmp_path):
     assert missing.returncode == 2 and "not a file: nope.png" in missing.stderr
 
 
+# The classifier's command line with digits_resnet's zoo entry given tiny recipe flags: the
+# default pretraining would take about 9 minutes of the CI budget.
+FIRST_USE = """import runpy, sys
+from tfpretrain import zoo
+zoo.PRESETS["digits_resnet"]["recipe_flags"] = {"model.filters": "64", "model.blocks": "1",
+                                                "model.image_size": 16, "train.epochs": 1,
+                                                "train.max_steps": 3}
+sys.argv = ["resnet_image_classifier", *sys.argv[1:]]
+runpy.run_module("recipes.resnet_image_classifier", run_name="__main__")
+"""
+
+
 @pytest.mark.slow
 def test_classifier_builds_its_encoder_on_first_use(tmp_path):
     cache = tmp_path / "cache"
-    run = run_python(["-m", "recipes.resnet_image_classifier", f"--workdir={tmp_path / 'run'}",
+    run = run_python(["-c", FIRST_USE, f"--workdir={tmp_path / 'run'}",
                       "--model.encoder=digits_resnet", "--train.head_epochs=1", "--train.epochs=1",
                       "--model.baselines=false"],
                      env={"TFPRETRAIN_CACHE": str(cache)}, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "preset digits_resnet is not in the cache: building it first" in run.stdout
-    assert (cache / "presets" / "digits_resnet" / "preset.json").exists()
+    assert "--model.image_size=16" in run.stdout  # the build took the zoo entry's flags
+    assert json.loads((cache / "presets" / "digits_resnet" / "preset.json").read_text())[
+        "pretrained_on"] == "digits_source"
+    assert (tmp_path / "run" / "metrics.json").exists()
 
 
 @pytest.mark.slow

@@ -99,8 +99,8 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(toy_bert, to
 def test_kill_matrix_ends_bit_identical_to_an_uninterrupted_run(toy_bert, toy_csv, tmp_path):
     """Ten `kill -9`s at random moments (training, checkpoint writes, evaluation, test, export),
     each followed by the same command; the end state equals an uninterrupted run's."""
-    # 120 steps: 40 checkpoints and 30 evaluations to be killed in (240 steps took 9.5 minutes
-    # of the CI budget on a slow VM).
+    # 120 steps: 40 checkpoints and 30 evaluations to be killed in (with 240 steps this test took
+    # 9.5 minutes of the CI budget on a slow VM, 8.5 with 120).
     extra = ("--train.epochs=20", "--train.checkpoint_every=3", "--train.eval_every=4")
     started = time.time()
     assert run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "reference",

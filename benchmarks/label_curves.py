@@ -94,6 +94,13 @@ def encoder_pair(encoder):
     return encoder, ""
 
 
+def run_settings(curve, args):
+    """What a run of ``curve`` was trained with besides its examples and seed (in its record)."""
+    return {"learning_rate": curve["learning_rate"],
+            "head_fraction": args.head_fraction * (curve["mode"] == "fine-tuned"),
+            "layer_decay": args.layer_decay}
+
+
 def summarise(runs, curves, counts):
     """``{(curve, count): (mean, std, n)}`` of the test accuracies (std: sample, 0 for one)."""
     table = {}
@@ -312,7 +319,10 @@ def main(argv=None):
                         help="fine-tuned curves: train the head alone on the frozen encoder for "
                              "this share of the steps (at --learning-rate) before everything at "
                              "the curve's rate; the other curves get the same steps")
-    parser.add_argument("--layer-decay", type=float, default=1.0)
+    parser.add_argument("--layer-decay", type=float, default=1.0,
+                        help="fine-tuned curves: each transformer layer below the top trains at "
+                             "this times the rate of the one above (embeddings lowest; pooler and "
+                             "head at the full rate); 1 = one rate everywhere")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--min-steps", type=int, default=100)
     parser.add_argument("--min-epochs", type=int, default=10)
@@ -342,6 +352,13 @@ def main(argv=None):
     if os.path.exists(log_path):
         with open(log_path) as f:
             runs = [json.loads(line) for line in f if line.strip()]
+    settings = {c["name"]: run_settings(c, args) for c in curves}
+    for run in runs:  # a finished run is reused only under the settings it was run with
+        wanted = settings.get(run["curve"], {})
+        ran = {k: run.get(k, 1.0) for k in wanted}  # records before layer_decay: 1.0
+        if ran != wanted:
+            parser.error(f"{log_path} holds curve {run['curve']!r} run with {ran}, this command "
+                         f"asks for {wanted}: name the curve differently or use another --workdir")
     done = {(r["curve"], r["per_class"], r["seed"]) for r in runs}
     task = TASKS[args.task](args)
     total = len(curves) * len(counts) * args.seeds
@@ -361,9 +378,8 @@ def main(argv=None):
                     shutil.rmtree(workdir, ignore_errors=True)
                 record = {"curve": curve["name"], "encoder": curve["encoder"],
                           "frozen": curve["frozen"], "mode": curve["mode"],
-                          "learning_rate": curve["learning_rate"],
-                          "head_fraction": args.head_fraction * (curve["mode"] == "fine-tuned"),
-                          "per_class": count, "seed": seed, "examples": len(indices),
+                          **settings[curve["name"]], "per_class": count, "seed": seed,
+                          "examples": len(indices),
                           "steps": steps, "batch": batch, "accuracy": accuracy,
                           "seconds": round(time.time() - started, 1)}
                 runs.append(record)

@@ -34,6 +34,18 @@ def test_training_steps_has_a_floor_of_steps_and_of_epochs(examples, expected):
     assert label_curves.training_steps(examples, 32, min_steps=100, min_epochs=10) == expected
 
 
+def test_finished_runs_are_reused_only_under_the_settings_they_ran_with(tmp_path, capsys):
+    record = {"curve": "export", "per_class": 10, "seed": 0, "accuracy": 0.5,
+              "learning_rate": 1e-3, "head_fraction": 0.0}  # written before layer_decay was
+    (tmp_path / "runs.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(SystemExit) as stopped:
+        label_curves.main(["--workdir", str(tmp_path), "--curve", "export=runs/mlm/export",
+                           "--labels", "10", "--layer-decay", "0.5"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "'layer_decay': 1.0" in err and "'layer_decay': 0.5" in err and "--workdir" in err
+
+
 def test_long_texts_join_whole_sentences_up_to_the_length():
     texts = [f"sentence {i} has five words" if i % 2 else f"short {i}" for i in range(40)]
     labels = [i % 2 for i in range(40)]

@@ -2,5 +2,5 @@
 ``python -m recipes.<name>``."""
 
 # Loads tfpretrain before a recipe imports TensorFlow, so TensorFlow's C++ logging is quiet
-# (tfpretrain/_quiet.py).
+# (tfpretrain/_entry.py).
 import tfpretrain  # noqa: E402, F401

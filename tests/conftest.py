@@ -11,7 +11,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A line of TensorFlow's C++ logging ("I0000 00:00:1795974347.369 32657 port.cc:153] ...") or of
-# Abseil's notice before it; entry points must print none unless asked (tfpretrain/_quiet.py).
+# Abseil's notice before it; entry points must print none unless asked (tfpretrain/_entry.py).
 CPP_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d|absl::InitializeLog|cuInit", re.MULTILINE)
 
 TOY_ROWS = [

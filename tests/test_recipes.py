@@ -214,14 +214,57 @@ def test_verbose_and_tf_cpp_min_log_level_bring_tensorflow_logging_back():
 
 
 def test_tensorflows_abseil_log_level_can_be_set():
-    """_quiet sets the level through a mangled Abseil symbol: fails if TensorFlow's Abseil moves."""
-    from tfpretrain import _quiet
+    """_entry sets the level through a mangled Abseil symbol: fails if TensorFlow's Abseil moves."""
+    from tfpretrain import _entry
 
-    assert _quiet.set_min_log_level(3)
-    assert _quiet.is_entry_point(["python", "-m", "recipes.embed", "--help"])
-    assert _quiet.is_entry_point(["python", "-X", "faulthandler", "-m", "tfpretrain.predict"])
-    assert not _quiet.is_entry_point(["python", "my_script.py", "-m", "recipes.embed"])
-    assert not _quiet.is_entry_point(["python", "-c", "import tfpretrain", "-m", "recipes.embed"])
+    assert _entry.set_min_log_level(3)
+    assert _entry.is_entry_point(["python", "-m", "recipes.embed", "--help"])
+    assert _entry.is_entry_point(["python", "-X", "faulthandler", "-m", "tfpretrain.predict"])
+    assert not _entry.is_entry_point(["python", "my_script.py", "-m", "recipes.embed"])
+    assert not _entry.is_entry_point(["python", "-c", "import tfpretrain", "-m", "recipes.embed"])
+
+
+def test_huge_pages_apply_to_glibc_2_35_and_later_with_transparent_huge_pages_on():
+    from tfpretrain import _entry
+
+    env = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+    chosen = _entry.huge_pages_environment(env, ("glibc", "2.36"), "madvise")
+    assert chosen == {"PATH": "/bin",
+                      "GLIBC_TUNABLES": "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"}
+    assert _entry.huge_pages_environment({}, ("glibc", "2.35"), "always") == {
+        "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    for environ, libc, mode in [({}, ("glibc", "2.31"), "madvise"),  # no such tunable yet
+                                ({}, ("glibc", "2.36"), "never"),
+                                ({}, ("", ""), "madvise"),  # macOS, musl
+                                ({"TFPRETRAIN_HUGE_PAGES": "0"}, ("glibc", "2.36"), "madvise"),
+                                (chosen, ("glibc", "2.36"), "madvise")]:  # done: no loop
+        assert _entry.huge_pages_environment(environ, libc, mode) is None, (environ, libc, mode)
+    assert _entry.kernel_thp_mode("/nonexistent") == ""
+
+
+def test_an_entry_point_reexecutes_itself_once_with_huge_pages_and_not_when_told_not_to(
+        tmp_path):
+    import platform
+
+    from tfpretrain import _entry
+
+    if _entry.huge_pages_environment({}, platform.libc_ver(), _entry.kernel_thp_mode()) is None:
+        pytest.skip("this machine's C library or kernel has no transparent huge pages for malloc")
+    log = tmp_path / "starts.txt"
+    (tmp_path / "sitecustomize.py").write_text(  # runs at every interpreter start
+        "import os\n"
+        f"with open({str(log)!r}, 'a') as f:\n"
+        "    f.write(f\"{os.getpid()} {os.environ.get('GLIBC_TUNABLES', '-')}\\n\")\n")
+    path = f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    for extra, expected in [({}, ["-", "glibc.malloc.hugetlb=1"]),
+                            ({"TFPRETRAIN_HUGE_PAGES": "0"}, ["-"])]:
+        log.write_text("")
+        result = run_python(["-m", "recipes.embed", "--help"],
+                            env={"PYTHONPATH": path, **extra}, timeout=120)
+        assert result.returncode == 0 and "Embed a dataset" in result.stdout, result.stderr
+        starts = [line.split(" ", 1) for line in log.read_text().splitlines()]
+        assert [tunables for _, tunables in starts] == expected, starts
+        assert len({pid for pid, _ in starts}) == 1  # the same process: exec, not a child
 
 
 def _use_args(encoder, toy_csv, workdir, *extra):

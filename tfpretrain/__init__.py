@@ -26,8 +26,8 @@ Modules: tp.config (options, sections, recipe_config), tp.cli, tp.files, tp.zoo 
 tp.images (image data), tp.mlm (masked-LM pretraining), tp.report, tp.plots, tp.tflite.
 """
 
-# First, before anything loads TensorFlow: quiets its C++ logging under python -m recipes.* etc.
-from tfpretrain import _quiet  # noqa: F401
+# First, before anything loads TensorFlow: process set-up under python -m recipes.* etc.
+from tfpretrain import _entry  # noqa: F401
 
 # isort: split
 from tfpretrain import cli, config, files, plots, report, tflite, zoo

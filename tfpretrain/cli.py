@@ -31,7 +31,7 @@ def run(main: Callable[[Any], object], config: Any, argv: list[str] | None = Non
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a not in ("--debug", "--verbose")]  # --verbose: see _quiet.py
+    argv = [a for a in argv if a not in ("--debug", "--verbose")]  # --verbose: see _entry.py
     if "--help" in argv or "-h" in argv:
         print(description.strip())
         print("\nOptions (--key=value; --config FILE reruns a saved config.json; "

@@ -16,5 +16,5 @@ if __name__ == "__main__":
     from tensorflow.python.tools import saved_model_cli
 
     sys.argv[0] = "saved_model_cli"
-    sys.argv = [a for a in sys.argv if a != "--verbose"]  # --verbose: see tfpretrain/_quiet.py
+    sys.argv = [a for a in sys.argv if a != "--verbose"]  # --verbose: see tfpretrain/_entry.py
     saved_model_cli.main()

@@ -221,6 +221,7 @@ def test_tensorflows_abseil_log_level_can_be_set():
     assert _entry.is_entry_point(["python", "-m", "recipes.embed", "--help"])
     assert _entry.is_entry_point(["python", "-X", "faulthandler", "-m", "tfpretrain.predict"])
     assert not _entry.is_entry_point(["python", "my_script.py", "-m", "recipes.embed"])
+    assert _entry.is_entry_point(["python", os.path.join(ROOT, "benchmarks", "serve_speed.py")])
     assert not _entry.is_entry_point(["python", "-c", "import tfpretrain", "-m", "recipes.embed"])
 
 

@@ -1,12 +1,13 @@
 """Process set-up for the command-line entry points, before TensorFlow loads.
 
-``python -m recipes.<name>``, ``python -m tfpretrain.<tool>`` and ``python -m benchmarks.<name>``
-import this module first (``tfpretrain/__init__.py`` does). A library import (``import
-tfpretrain`` in the user's own code, or ``python -c``) changes nothing. Two things:
+``python -m recipes.<name>``, ``python -m tfpretrain.<tool>``, ``python -m benchmarks.<name>``
+and ``python benchmarks/<name>.py`` import this module first (``tfpretrain/__init__.py`` does). A
+library import (``import tfpretrain`` in the user's own code, or ``python -c``) changes nothing.
+Two things:
 
 **Transparent huge pages for malloc.** TensorFlow's CPU allocator is the C library's ``malloc``,
-and a training step frees and allocates its large activations again every step; glibc returns
-them to the kernel and takes them back page by page, 4 KiB at a time. On a 2-core AMD EPYC a
+and a training step allocates and frees its large activations every step; the memory glibc maps
+for them is faulted in by the kernel 4 KiB at a time, again and again. On a 2-core AMD EPYC a
 MiniLM-L6 step at 128 tokens spent a third of its CPU time in the kernel on those page faults
 (22.6 million minor faults in 20 steps); with glibc's ``glibc.malloc.hugetlb=1`` tunable malloc
 asks for 2 MiB transparent huge pages (``madvise``) and the same steps ran 1.5 times as fast
@@ -46,11 +47,14 @@ import sys
 _SET_MIN_LOG_LEVEL = "_ZN4absl12lts_2025081414SetMinLogLevelENS0_18LogSeverityAtLeastE"
 _FATAL = 3
 _ENTRY_PACKAGES = ("recipes.", "tfpretrain.", "benchmarks.")
+_SCRIPT_FOLDERS = ("recipes", "benchmarks")
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HUGETLB = "glibc.malloc.hugetlb"
 
 
 def is_entry_point(argv: list[str] | None = None) -> bool:
-    """Whether this process was started as ``python -m <one of our packages>.<module>``."""
+    """Whether this process was started as ``python -m <one of our packages>.<module>`` or as a
+    script in this project's ``recipes/`` or ``benchmarks/`` folder."""
     argv = list(getattr(sys, "orig_argv", []) if argv is None else argv)
     options = iter(argv[1:])
     for option in options:  # the interpreter's options, up to -m, -c or a script
@@ -58,8 +62,12 @@ def is_entry_point(argv: list[str] | None = None) -> bool:
             return next(options, "").startswith(_ENTRY_PACKAGES)
         if option in ("-W", "-X"):
             next(options, None)
-        elif option == "-c" or not option.startswith("-"):
+        elif option == "-c":
             return False
+        elif not option.startswith("-"):  # a script: ours when in <project>/benchmarks or recipes
+            folder = os.path.dirname(os.path.abspath(option))
+            return (os.path.basename(folder) in _SCRIPT_FOLDERS
+                    and os.path.dirname(folder) == _PROJECT)
     return False
 
 

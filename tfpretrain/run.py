@@ -45,7 +45,7 @@ from tfpretrain.distribute import (
     per_replica_batch_size,
     set_precision,
 )
-from tfpretrain.export import check_export, merge_lora
+from tfpretrain.export import check_export, merge_lora, start_fresh_process
 from tfpretrain.files import write_json
 from tfpretrain.hub import unseeded_random_ops
 from tfpretrain.optimizers import build_optimizer, peak_learning_rate
@@ -345,15 +345,23 @@ class Run:
         served = export.model or model
         if merge_lora(served):  # the adapters cost nothing at serving time
             print("export: LoRA adapters merged into the weights they adapt", flush=True)
-        with float32_compute(served):  # a mixed-precision run still serves in float32
-            export.write(export_dir)
-            self.artifacts["export"] = export.describe
-            if export.check_inputs:
-                expected = self.task.predict(served, export.model_inputs(export.check_inputs))
-                check_export(export_dir, export.check_inputs, expected, export.input_name,
-                             self.task.check_output)
-            if export.after is not None:
-                self.artifacts.update(export.after(export_dir, results))
+        # The checking process imports TensorFlow while the export is written.
+        checker = start_fresh_process() if export.check_inputs else None
+        try:
+            with float32_compute(served):  # a mixed-precision run still serves in float32
+                export.write(export_dir)
+                self.artifacts["export"] = export.describe
+                if checker is not None:
+                    expected = self.task.predict(served,
+                                                 export.model_inputs(export.check_inputs))
+                    check_export(export_dir, export.check_inputs, expected, export.input_name,
+                                 self.task.check_output, checker)
+                if export.after is not None:
+                    self.artifacts.update(export.after(export_dir, results))
+        finally:
+            if checker is not None and checker.poll() is None:  # the export failed
+                checker.kill()
+                checker.communicate()
 
     def _print_summary(self, results: dict, train_seconds: float) -> None:
         print("\nSummary")

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import CPP_LOG_LINE, run_python
+from tfpretrain import predict
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def export_dir(toy_bert, tmp_path_factory):
                                   ["neg", "pos", "meh"], path, loaded.preprocessor, 16)
 
 
-def test_table_json_and_file_inputs(export_dir, tmp_path):
+def test_table_json_and_file_inputs(export_dir, tmp_path, capsys):
     texts = ["good film", "bad plot", "Café 東京"]
     serve = tf.saved_model.load(export_dir).signatures["serving_default"]
     expected = serve(text=tf.constant(texts))
@@ -33,30 +34,29 @@ def test_table_json_and_file_inputs(export_dir, tmp_path):
     for line, label, p in zip(lines[1:], expected["label"].numpy(),
                               expected["probabilities"].numpy()):
         assert line.split()[-2:] == [label.decode(), f"{p.max():.4f}"]
+    # The rest in-process: the command's start-up is checked above.
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    result = run_python(["-m", "tfpretrain.predict", "--model", export_dir, "--file",
-                         str(tmp_path / "texts.txt"), "--json", "--batch_size", "2"], timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert predict.main(["--model", export_dir, "--file", str(tmp_path / "texts.txt"), "--json",
+                         "--batch_size", "2"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["input"] for r in records] == texts
     assert all(sorted(r["probabilities"]) == ["meh", "neg", "pos"] for r in records)
     got = np.array([[r["probabilities"][k] for k in ("neg", "pos", "meh")] for r in records])
     np.testing.assert_allclose(got, expected["probabilities"].numpy(), atol=1e-6)
 
 
-def test_bad_model_dir_is_one_line(tmp_path):
-    result = run_python(["-m", "tfpretrain.predict", "--model", str(tmp_path), "text"], timeout=120)
-    assert (result.returncode == 2 and "error: --model" in result.stderr
-            and "no SavedModel" in result.stderr)
-    assert "Traceback" not in result.stderr
+def test_bad_model_dir_is_one_line(tmp_path, capsys):
+    assert predict.main(["--model", str(tmp_path), "text"]) == 2
+    stderr = capsys.readouterr().err
+    assert "error: --model" in stderr and "no SavedModel" in stderr and "Traceback" not in stderr
 
 
-def test_file_inputs_keep_one_output_per_line_blank_lines_included(export_dir, tmp_path):
+def test_file_inputs_keep_one_output_per_line_blank_lines_included(export_dir, tmp_path,
+                                                                  capsys):
     lines = ["good film", "", "bad plot", "   ", "Café"]
     (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    result = run_python(["-m", "tfpretrain.predict", "--model", export_dir, "--file",
-                         str(tmp_path / "texts.txt"), "--json"], timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert predict.main(["--model", export_dir, "--file", str(tmp_path / "texts.txt"),
+                         "--json"]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["input"] for r in records] == lines
 

@@ -11,6 +11,7 @@ from tests.conftest import (
     ROOT,
     TOY_ROWS,
     kill_9_once_checkpointed,
+    run_in_one_process,
     run_python,
     saved_model_cli_serving,
     toy_recipe_args,
@@ -142,7 +143,7 @@ def test_keras_native_encoder_with_lora_trains_adapters_and_exports_them_merged(
 def test_kill_9_mid_training_of_the_keras_native_encoder_then_rerun_resumes(toy_bert, toy_csv,
                                                                              tmp_path):
     workdir = tmp_path / "run"
-    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=40",
+    args = toy_recipe_args(toy_bert, toy_csv, workdir, "--train.epochs=15",
                            "--train.checkpoint_every=5", "--export.enabled=false",
                            "--model.implementation=keras")
     kill_9_once_checkpointed(args, workdir)
@@ -151,43 +152,59 @@ def test_kill_9_mid_training_of_the_keras_native_encoder_then_rerun_resumes(toy_
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = [line for line in result.stdout.splitlines() if line.startswith("Resuming from")]
     assert resumed and "step 0" not in resumed[0]
-    assert json.loads((workdir / "metrics.json").read_text())["steps"] == 240
+    assert json.loads((workdir / "metrics.json").read_text())["steps"] == 90
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--model.encoder=no_such_preset"], "'no_such_preset' is not a preset"),
-    (["--data.train_file=/nonexistent/train.csv"], "/nonexistent/train.csv does not exist"),
-    (["--data.label_key=category"], "no label column 'category'"),
-    (["--train.epochs=x"], "train.epochs expects int"),
-    (["--bogus=1"], "unknown config key 'bogus'"),
-])
-def test_bad_input_gets_one_line_and_exit_2(toy_bert, toy_csv, tmp_path, extra, message):
-    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run", *extra), timeout=120)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "metrics.json").exists()
+# Refusals before any training: (extra flags of a toy run, or a whole command; what the one
+# error line says). Run in one Python (run_in_one_process): one TensorFlow import for all.
+REFUSALS = {
+    "unknown_preset": (["--model.encoder=no_such_preset"], "'no_such_preset' is not a preset"),
+    "missing_file": (["--data.train_file=/nonexistent/train.csv"],
+                     "/nonexistent/train.csv does not exist"),
+    "no_label_column": (["--data.label_key=category"], "no label column 'category'"),
+    "not_an_int": (["--train.epochs=x"], "train.epochs expects int"),
+    "unknown_key": (["--bogus=1"], "unknown config key 'bogus'"),
+    "remote_workdir": (["--workdir=gs://bucket/run"], "gs:// run directories are not supported"),
+    "empty_split": (["--data.test_file={tmp}/empty.csv"], "has no rows"),
+    # The encoder does not exist: the refusal must come before anything loads it.
+    "unknown_best_metric": (["--train.best_metric=acc", "--model.encoder={tmp}/no_encoder"],
+                            "train.best_metric='acc' is not a metric of this task"),
+    "use_tflite": (["-m", "recipes.use_text_classifier", "--workdir={tmp}/run",
+                    "--export.tflite=true"], "export.tflite is for recipes.bert_text_classifier"),
+    "use_with_a_bert": (None, "strings"),  # a BERT encoder is not strings -> vectors
+}
 
 
-def test_a_remote_workdir_is_refused_with_one_line(toy_bert, toy_csv, tmp_path):
-    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run",
-                                        "--workdir=gs://bucket/run"), timeout=120)
+@pytest.fixture(scope="module")
+def refusals(toy_bert, tmp_path_factory):
+    base = tmp_path_factory.mktemp("refusals")
+    toy = {split: write_csv(base / f"{split}.csv", TOY_ROWS * (8 if split == "train" else 1))
+           for split in ("train", "validation", "test")}
+    (base / "empty.csv").write_text("text,label\n")
+    commands = []
+    for case, (flags, _) in REFUSALS.items():
+        if case == "use_with_a_bert":
+            commands.append(_use_args(toy_bert[0], toy, base / case / "run"))
+            continue
+        flags = [flag.replace("{tmp}", str(base)) for flag in flags]
+        commands.append(flags if flags[0] == "-m" else
+                        toy_recipe_args(toy_bert, toy, base / case / "run", *flags))
+    results = run_in_one_process(commands)
+    return {case: (result, base / case / "run") for case, result in zip(REFUSALS, results)}
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_bad_input_gets_one_line_and_exit_2(refusals, case):
+    result, workdir = refusals[case]
     assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "gs:// run directories are not supported" in lines[0]
-    assert not os.path.exists(os.path.join(ROOT, "gs:"))  # no local folder named after the scheme
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and REFUSALS[case][1] in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "metrics.json").exists() and not (workdir / "checkpoints").exists()
+    assert not os.path.exists(os.path.join(ROOT, "gs:"))  # no local folder named after a scheme
 
 
-def test_empty_split_is_an_error(toy_bert, toy_csv, tmp_path):
-    empty = tmp_path / "empty.csv"
-    empty.write_text("text,label\n")
-    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run",
-                                        f"--data.test_file={empty}"))
-    assert result.returncode == 2 and "has no rows" in result.stderr
-
-
-@pytest.mark.parametrize("recipe, flag", [
+HELP_FLAGS = [
     ("bert_text_classifier", "--model.encoder=minilm_l6 "),
     ("use_text_classifier", "--model.encoder=minilm_l6_sentence "),
     ("embed", "--encoder=minilm_l6_sentence "),
@@ -195,11 +212,22 @@ def test_empty_split_is_an_error(toy_bert, toy_csv, tmp_path):
     ("resnet_image_classifier", "--model.encoder=glyphs_resnet "),
     ("bert_mlm_pretrain", "--model.whole_word=True "),
     ("bert_token_classifier", "--data.tag_scheme=auto "),
-])
-def test_help_lists_flags(recipe, flag):
-    result = run_python(["-m", f"recipes.{recipe}", "--help"], timeout=120)
-    assert result.returncode == 0
-    assert flag in result.stdout and "--debug" in result.stdout and "--verbose" in result.stdout
+]
+
+
+def test_help_lists_flags():
+    results = run_in_one_process([["-m", f"recipes.{recipe}", "--help"]
+                                  for recipe, _ in HELP_FLAGS])
+    for result, (recipe, flag) in zip(results, HELP_FLAGS):
+        assert result.returncode == 0, (recipe, result.stderr[-2000:])
+        assert flag in result.stdout and "--debug" in result.stdout, recipe
+        assert "--verbose" in result.stdout, recipe
+
+
+def test_help_prints_no_tensorflow_logging():
+    """An entry point's own process: the quiet start-up of tfpretrain/_entry.py."""
+    result = run_python(["-m", "recipes.bert_text_classifier", "--help"], timeout=120)
+    assert result.returncode == 0 and "--model.encoder=minilm_l6 " in result.stdout
     assert not CPP_LOG_LINE.search(result.stderr), result.stderr[:3000]
 
 
@@ -326,14 +354,6 @@ def test_use_text_classifier_fine_tunes_end_to_end(toy_use, toy_csv, tmp_path):
     assert (tmp_path / "run" / "export" / "saved_model.pb").exists()
 
 
-def test_use_text_classifier_rejects_a_bert_encoder(toy_bert, toy_csv, tmp_path):
-    result = run_python(_use_args(toy_bert[0], toy_csv, tmp_path / "run"))
-    assert result.returncode == 2
-    assert (result.stderr.strip().splitlines()[-1].startswith("error: ")
-            and "strings" in result.stderr)
-    assert "Traceback" not in result.stderr
-
-
 @pytest.mark.slow  # 15 s in the default suite, which must stay under 15 min
 def test_embed_writes_npy_metadata_and_projector_files(toy_use, tmp_path):
     texts = ["good film", "bad\tplot with a tab", "Café 東京"]
@@ -355,23 +375,3 @@ def test_embed_writes_npy_metadata_and_projector_files(toy_use, tmp_path):
     missing = run_python(["-m", "recipes.embed", f"--encoder={toy_use['call']}",
                           "--text_file=/no/file"])
     assert missing.returncode == 2 and "error: --text_file /no/file: no such file" in missing.stderr
-
-
-def test_use_recipe_refuses_tflite_with_the_reason(tmp_path):
-    result = run_python(["-m", "recipes.use_text_classifier", f"--workdir={tmp_path / 'run'}",
-                         "--export.tflite=true"])
-    assert result.returncode == 2
-    assert "export.tflite is for recipes.bert_text_classifier" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_an_unknown_best_metric_is_refused_before_the_encoder_loads(toy_bert, toy_csv, tmp_path):
-    # The encoder does not exist: the refusal must come before anything loads it.
-    result = run_python(toy_recipe_args(toy_bert, toy_csv, tmp_path / "run",
-                                        "--train.best_metric=acc",
-                                        f"--model.encoder={tmp_path / 'no_encoder'}"),
-                        timeout=120)
-    assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "train.best_metric='acc' is not a metric of this task" in lines[0]
-    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -221,7 +221,7 @@ def test_multilabel_end_to_end_threshold_in_the_export(toy_bert, conll_files, tm
 def test_kill_9_mid_training_of_a_pair_task_then_rerun_resumes(toy_bert, pair_files, tmp_path):
     workdir = tmp_path / "run"
     args = _args(workdir, toy_bert, pair_files, "--data.text_key=sentence1,sentence2",
-                 "--train.epochs=40", "--train.checkpoint_every=5", "--export.enabled=false")
+                 "--train.epochs=8", "--train.checkpoint_every=5", "--export.enabled=false")
     kill_9_once_checkpointed(args, workdir)
     assert not (workdir / "metrics.json").exists()
     resumed = run_python(args)
@@ -229,7 +229,7 @@ def test_kill_9_mid_training_of_a_pair_task_then_rerun_resumes(toy_bert, pair_fi
     assert [line for line in resumed.stdout.splitlines()
             if line.startswith("Resuming from") and "step 0" not in line]
     fresh = run_python(_args(tmp_path / "fresh", toy_bert, pair_files,
-                             "--data.text_key=sentence1,sentence2", "--train.epochs=40",
+                             "--data.text_key=sentence1,sentence2", "--train.epochs=8",
                              "--train.checkpoint_every=5", "--export.enabled=false"))
     assert fresh.returncode == 0
     # Exact resume: the same metrics as a run that was never killed.

@@ -284,7 +284,7 @@ def test_an_inconsistent_tag_sequence_is_one_line_naming_it_and_nothing_is_writt
 @pytest.mark.slow  # about 80 s: two toy runs and a killed one
 def test_kill_9_mid_training_of_a_tagger_then_rerun_resumes(toy_bert, tagged_files, tmp_path):
     def args(workdir):
-        return _args(workdir, toy_bert, tagged_files, "--train.epochs=30",
+        return _args(workdir, toy_bert, tagged_files, "--train.epochs=4",
                      "--train.checkpoint_every=5", "--export.enabled=false")
 
     workdir = tmp_path / "run"

@@ -53,14 +53,19 @@ def write_csv(path, rows, header=("text", "label"), delimiter=","):
     return str(path)
 
 
+def write_toy_csv(folder):
+    """Train/validation/test CSV files of a separable two-class toy task, in ``folder``."""
+    return {
+        "train": write_csv(folder / "train.csv", TOY_ROWS * 8),
+        "validation": write_csv(folder / "validation.csv", TOY_ROWS),
+        "test": write_csv(folder / "test.csv", TOY_ROWS),
+    }
+
+
 @pytest.fixture
 def toy_csv(tmp_path):
-    """Train/validation/test CSV files of a separable two-class toy task."""
-    return {
-        "train": write_csv(tmp_path / "train.csv", TOY_ROWS * 8),
-        "validation": write_csv(tmp_path / "validation.csv", TOY_ROWS),
-        "test": write_csv(tmp_path / "test.csv", TOY_ROWS),
-    }
+    """``write_toy_csv`` in the test's own directory."""
+    return write_toy_csv(tmp_path)
 
 
 POSITIVE = [t for t, label in TOY_ROWS if label == "pos"]

@@ -16,6 +16,7 @@ from tests.conftest import (
     saved_model_cli_serving,
     toy_recipe_args,
     write_csv,
+    write_toy_csv,
 )
 from tfpretrain import tflite
 
@@ -169,7 +170,7 @@ REFUSALS = {
     # The encoder does not exist: the refusal must come before anything loads it.
     "unknown_best_metric": (["--train.best_metric=acc", "--model.encoder={tmp}/no_encoder"],
                             "train.best_metric='acc' is not a metric of this task"),
-    "use_tflite": (["-m", "recipes.use_text_classifier", "--workdir={tmp}/run",
+    "use_tflite": (["-m", "recipes.use_text_classifier", "--workdir={workdir}",
                     "--export.tflite=true"], "export.tflite is for recipes.bert_text_classifier"),
     "use_with_a_bert": (None, "strings"),  # a BERT encoder is not strings -> vectors
 }
@@ -178,15 +179,15 @@ REFUSALS = {
 @pytest.fixture(scope="module")
 def refusals(toy_bert, tmp_path_factory):
     base = tmp_path_factory.mktemp("refusals")
-    toy = {split: write_csv(base / f"{split}.csv", TOY_ROWS * (8 if split == "train" else 1))
-           for split in ("train", "validation", "test")}
+    toy = write_toy_csv(base)
     (base / "empty.csv").write_text("text,label\n")
     commands = []
     for case, (flags, _) in REFUSALS.items():
         if case == "use_with_a_bert":
             commands.append(_use_args(toy_bert[0], toy, base / case / "run"))
             continue
-        flags = [flag.replace("{tmp}", str(base)) for flag in flags]
+        flags = [flag.replace("{tmp}", str(base)).replace("{workdir}", str(base / case / "run"))
+                 for flag in flags]
         commands.append(flags if flags[0] == "-m" else
                         toy_recipe_args(toy_bert, toy, base / case / "run", *flags))
     results = run_in_one_process(commands)

@@ -24,6 +24,7 @@ from tests.conftest import (
     run_python,
     toy_recipe_args,
     write_csv,
+    write_toy_csv,
 )
 from tfpretrain import converters, zoo
 
@@ -217,8 +218,7 @@ BAD_INPUTS = ["not_saved_model", "too_long", "bad_utf8_error", "label_out_of_ran
 def bad_input_runs(toy_bert, tmp_path_factory):
     """{case: (result, workdir, message)} of every ``BAD_INPUTS`` case, run in one Python."""
     base = tmp_path_factory.mktemp("bad_input")
-    toy = {split: write_csv(base / f"{split}.csv", TOY_ROWS * (8 if split == "train" else 1))
-           for split in ("train", "validation", "test")}
+    toy = write_toy_csv(base)
     commands, expected = [], {}
     for case in BAD_INPUTS:
         (base / case).mkdir()

@@ -27,10 +27,9 @@ def _keep_head_and_tail(tokens, budget):
     # Flat index arithmetic, not tf.ragged.boolean_mask/range: the same result from about 30 graph
     # ops instead of about 1,900, so tracing a pipeline or an export takes 0.1 s, not 1 s.
     pieces = tokens.merge_dims(-2, -1)
-    lengths = pieces.row_lengths()
-    positions = (tf.range(tf.shape(pieces.values, out_type=lengths.dtype)[0])
-                 - tf.repeat(pieces.row_starts(), lengths))
-    length = tf.repeat(lengths, lengths)
+    lengths, rows = pieces.row_lengths(), pieces.value_rowids()
+    positions = tf.range(tf.size(rows, out_type=rows.dtype)) - tf.gather(pieces.row_starts(), rows)
+    length = tf.gather(lengths, rows)
     head = budget // 4
     keep = (length <= budget) | (positions < head) | (positions >= length - (budget - head))
     values = tf.boolean_mask(pieces.values, keep)

@@ -254,6 +254,39 @@ def test_tensorflows_abseil_log_level_can_be_set():
     assert not _entry.is_entry_point(["python", "-c", "import tfpretrain", "-m", "recipes.embed"])
 
 
+_ALLOCATOR_STATS = """
+import os, sys
+from tfpretrain import _entry
+if sys.argv[1] == "unset":
+    os.environ.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+_entry.pool_cpu_memory()
+import tensorflow as tf
+x = tf.random.uniform([500, 500])
+y = x @ x
+try:
+    print("peak", tf.config.experimental.get_memory_info("CPU:0")["peak"])
+except ValueError as error:  # the default CPU allocator keeps no statistics
+    print(error)
+"""
+
+
+def test_entry_points_give_tensorflow_a_pooling_cpu_allocator_unless_told_otherwise():
+    """pool_cpu_memory() before TensorFlow loads switches its CPU device to the BFC allocator
+    (which keeps statistics; the default one does not); an explicit value in the environment
+    wins."""
+    from tfpretrain import _entry
+
+    environ = {"TF_CPU_ALLOCATOR_USE_BFC": "false"}
+    _entry.pool_cpu_memory(environ)
+    assert environ == {"TF_CPU_ALLOCATOR_USE_BFC": "false"}
+    pooled = run_python(["-c", _ALLOCATOR_STATS, "unset"], timeout=120)
+    assert pooled.returncode == 0 and pooled.stdout.startswith("peak "), pooled.stderr[-2000:]
+    assert int(pooled.stdout.split()[1]) >= 2 * 500 * 500 * 4  # x and y, float32
+    told = run_python(["-c", _ALLOCATOR_STATS, "keep"], env={"TF_CPU_ALLOCATOR_USE_BFC": "false"},
+                      timeout=120)
+    assert told.returncode == 0 and "Allocator stats not available" in told.stdout, told.stderr
+
+
 def test_huge_pages_apply_to_glibc_2_35_and_later_with_transparent_huge_pages_on():
     from tfpretrain import _entry
 

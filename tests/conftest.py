@@ -10,9 +10,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from tfpretrain import _entry  # noqa: E402
+
 # TensorFlow in this process and in the Pythons it starts pools its CPU memory as the entry points
-# make it do (tfpretrain/_entry.py), whether a test runs a recipe in-process or as a command.
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+# make it do, whether a test runs a recipe in-process or as a command.
+_entry.pool_cpu_memory()
 
 # A line of TensorFlow's C++ logging ("I0000 00:00:1795974347.369 32657 port.cc:153] ...") or of
 # Abseil's notice before it; entry points must print none unless asked (tfpretrain/_entry.py).

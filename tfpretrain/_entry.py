@@ -22,7 +22,7 @@ processes inherit the setting.
 removes most of them. With ``TF_CPU_ALLOCATOR_USE_BFC=true`` TensorFlow's CPU device allocates
 through its best-fit-with-coalescing allocator (the one GPUs use), which keeps the memory it has
 grown to and reuses it step after step instead of handing it back to ``malloc``. On the same
-2-core AMD EPYC, fine-tuning MiniLM-L6 on SST-2 sentences ran at 1.2-1.6 times the examples/s
+2-core AMD EPYC, fine-tuning MiniLM-L6 on SST-2 sentences ran at 1.1-1.6 times the examples/s
 with a third of the system time and a quarter of the page faults (docs/performance.md). An entry
 point sets it before TensorFlow loads unless the environment already names it
 (``TF_CPU_ALLOCATOR_USE_BFC=false`` turns it off); child processes inherit it.

@@ -39,7 +39,7 @@ def test_bbc_news_through_tfds():
 
 
 @pytest.mark.parametrize("suffix", ["csv", "tsv", "jsonl"])
-def test_local_files_with_string_labels(tmp_path, suffix):
+def test_local_files_with_string_labels(tmp_path, suffix, capsys):
     path = tmp_path / f"train.{suffix}"
     if suffix == "jsonl":
         path.write_text("\n".join(json.dumps({"review": t, "label": label})
@@ -51,6 +51,10 @@ def test_local_files_with_string_labels(tmp_path, suffix):
     assert names == ["neg", "pos"]
     assert sum(1 for _ in datasets["train"]) == 27 and sum(1 for _ in datasets["validation"]) == 3
     assert set(datasets) == {"train", "validation"}
+    # Without a validation file, rows 0, 10 and 20 are held out, and the log says so.
+    held = [(t.decode(), names[y]) for t, y in datasets["validation"].as_numpy_iterator()]
+    assert held == [TOY_ROWS[i % len(TOY_ROWS)] for i in (0, 10, 20)]
+    assert f"every 10th row of {path} is held out for validation" in capsys.readouterr().err
 
 
 def test_integer_labels_keep_their_ids(tmp_path):

@@ -117,6 +117,12 @@ def test_files_in_conll_and_json_lines_and_their_errors(tmp_path):
     assert data.tag_names == ["O", "B-ORG", "B-PER"] and data.scheme == "IOB2"
     assert [s.words for s in data.sentences["train"]] == [["EU", "rejects"], ["Peter"]]
     assert data.sentences["train"][1].lines == [6]
+    # Without a validation file, every 10th sentence from the first is held out: 0 and 10 of 11.
+    many = tmp_path / "many.txt"
+    many.write_text("\n\n".join(f"w{i} B-PER" for i in range(11)) + "\n")
+    data = load_tagged_data(TaggingDataConfig(train_file=str(many), tag_column=1))
+    assert [s.words for s in data.sentences["validation"]] == [["w0"], ["w10"]]
+    assert len(data.sentences["train"]) == 9
     jsonl = tmp_path / "a.jsonl"
     jsonl.write_text('{"tokens": ["EU", "rejects"], "tags": ["S-ORG", "O"]}\n\n'
                      '{"tokens": ["Peter", "Blackburn"], "tags": ["B-PER", "E-PER"]}\n')

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -22,7 +21,7 @@ from tfpretrain.config import DatasetConfig, option
 from tfpretrain.data.conll import SCHEMES, Sentence, read_conll, read_tagged_jsonl, to_iob2
 from tfpretrain.data.pipeline import word_cases
 from tfpretrain.data.rows import INVALID_UTF8, decode
-from tfpretrain.data.tfds import DataError
+from tfpretrain.data.tfds import DataError, hold_out
 
 _BATCH = 512  # sentences tokenised per call while preparing a split
 
@@ -106,11 +105,8 @@ def load_tagged_data(config: TaggingDataConfig) -> TaggedData:
             if path:
                 splits[split] = _read_file(path, config)
         if "validation" not in splits:
-            sentences = splits["train"]
-            splits["train"] = [s for i, s in enumerate(sentences) if i % 10]
-            splits["validation"] = sentences[::10]
-            print(f"note: no data.validation_file: every 10th sentence of "
-                  f"{config.train_file} is held out for validation", file=sys.stderr, flush=True)
+            splits["train"], splits["validation"] = hold_out(
+                splits["train"], "no data.validation_file", f"sentence of {config.train_file}")
         paths = {"train": config.train_file, "validation": config.validation_file or
                  config.train_file, "test": config.test_file}
     else:

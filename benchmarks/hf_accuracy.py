@@ -9,7 +9,8 @@ linear decay, gradient norm clipped at 1, batch 32, 2 epochs), then scores ``dev
 ``benchmarks/.hf-venv`` (created on first use). About 30 minutes on a 2-core CPU.
 
     python -m benchmarks.hf_accuracy
-    python -m benchmarks.hf_accuracy --learning-rate=5e-5 --epochs=3 --batch-size=8
+    python -m benchmarks.hf_accuracy --learning-rate=5e-5 --epochs=3 --batch-size=8 \
+        --weight-decay=0 --warmup-fraction=0          # TrainingArguments' own defaults
 """
 
 import argparse
@@ -27,6 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup-fraction", type=float, default=0.1)
     parser.add_argument("--seq-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--random-sampler", action="store_true",
@@ -46,14 +49,16 @@ def main(argv=None):
     dev_texts, dev_labels = common.read_tsv(args.data, "dev")
     model_dir = common.hf_model_dir()
     common.log(f"Hugging Face Trainer on {len(train)} SST-2 rows, {args.epochs:g} epochs, batch "
-               f"{args.batch_size}, peak rate {args.learning_rate:g}; then {len(dev_texts)} rows "
-               f"of dev.tsv")
+               f"{args.batch_size}, peak rate {args.learning_rate:g}, weight decay "
+               f"{args.weight_decay:g}, warm-up {args.warmup_fraction:g}; then {len(dev_texts)} "
+               f"rows of dev.tsv")
     result = common.run_hf_side("finetune", {
         "model_dir": model_dir, "texts": [t for t, _ in train], "labels": [y for _, y in train],
         "epochs": args.epochs, "batch_size": args.batch_size, "seq_length": args.seq_length,
-        "learning_rate": args.learning_rate, "weight_decay": 0.01, "warmup_fraction": 0.1,
+        "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
+        "warmup_fraction": args.warmup_fraction,
         "clip_norm": 1.0, "seed": args.seed, "group_by_length": not args.random_sampler,
-        "eval_texts": dev_texts})
+        "eval_texts": dev_texts, "log_every": 500})
     correct = sum(p == y for p, y in zip(result["predictions"], dev_labels))
     accuracy = correct / len(dev_labels)
     print()

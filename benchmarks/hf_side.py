@@ -67,7 +67,10 @@ def finetune(request):
                    num_train_epochs=request.get("epochs", 1),
                    learning_rate=request["learning_rate"], weight_decay=request["weight_decay"],
                    max_grad_norm=request["clip_norm"], lr_scheduler_type="linear",
-                   save_strategy="no", report_to=[], logging_strategy="no", disable_tqdm=True,
+                   save_strategy="no", report_to=[], disable_tqdm=True,
+                   # the loss every log_every steps, for long runs; none in timed runs
+                   logging_strategy="steps" if request.get("log_every") else "no",
+                   logging_steps=request.get("log_every") or 500,
                    use_cpu=True, seed=request["seed"], bf16=False, fp16=False)
     if "warmup_ratio" in fields:
         options["warmup_ratio"] = request["warmup_fraction"]

@@ -13,6 +13,10 @@ For a ``recipes.bert_mlm_pretrain`` work directory (its ``export/``, ``initial/`
    trained on 1, 10 and 50 articles per class (``label_curves``' subsets, mean of 5 seeds).
 4. **Embedding geometry**: mean pairwise cosine of frequent, mid-frequency and rare pieces' input
    embeddings, the share of variance on the top principal direction, row norms.
+5. **What the neighbours give**: held-out masked-token accuracy of a count model (naive Bayes over
+   the visible pieces at offsets -1..1 and -3..3, counts from the training windows) under the
+   run's masking and under BERT's 15% of pieces: how much a model that reads only nearby
+   visible pieces can reach, beside the transformer's and the most-frequent-token baseline.
 
     python -m benchmarks.mlm_handover runs/bert_mlm_pretrain
 
@@ -76,6 +80,80 @@ def start_weights(workdir):
         score = tp.mlm.evaluate_mlm(model, heldout)
         rows.append((f"`load_bert_encoder(export, implementation={implementation})` + the "
                      "export's head", score["accuracy"], score["loss"]))
+    return rows
+
+
+def count_model_accuracy(train_windows, heldout, vocab_size, offsets, alpha=20.0):
+    """Held-out masked-token accuracy of predicting each masked piece from the visible pieces at
+    ``offsets`` around it: naive Bayes, ``argmax_x log p(x) + sum_o log p(x | piece at o) / p(x)``,
+    counts from ``train_windows`` (piece-id arrays), each conditional smoothed towards ``p(x)``
+    with ``alpha`` pseudo-counts. ``heldout``: the recipe's masked batches (numpy or tensors);
+    positions that are masked, padding, ``[CLS]`` and ``[SEP]`` are not read. Ids below 5 (the
+    special pieces) are never predicted."""
+    unigram = np.ones(vocab_size)
+    pairs = {o: np.zeros((vocab_size, vocab_size), np.float32) for o in offsets}
+    for window in train_windows:
+        unigram += np.bincount(window, minlength=vocab_size)[:vocab_size]
+        for o, table in pairs.items():  # table[context, x]: x at i, context at i + o
+            if o > 0:
+                np.add.at(table, (window[o:], window[:-o]), 1)
+            else:
+                np.add.at(table, (window[:o], window[-o:]), 1)
+    prior = unigram / unigram.sum()
+    log_prior = np.log(prior).astype(np.float32)
+    ratio = {o: (np.log((t + alpha * prior) / (t.sum(1, keepdims=True) + alpha)) - log_prior)
+             .astype(np.float32) for o, t in pairs.items()}
+    hits = total = 0
+    for inputs, labels in heldout:
+        ids = np.asarray(inputs["input_word_ids"])
+        positions = np.asarray(inputs["masked_lm_positions"])
+        targets = np.asarray(labels["masked_lm_ids"])
+        weights = np.asarray(labels["masked_lm_weights"])
+        lengths = (ids != 0).sum(1)
+        hidden = np.zeros(ids.shape, bool)
+        rows = np.repeat(np.arange(ids.shape[0]), positions.shape[1])
+        hidden[rows, positions.ravel()] = weights.ravel() > 0
+        for b, p in zip(*np.nonzero(weights > 0)):
+            score = log_prior.copy()
+            for o in offsets:
+                j = positions[b, p] + o
+                if 1 <= j < lengths[b] - 1 and not hidden[b, j]:
+                    score += ratio[o][ids[b, j]]
+            score[:5] = -np.inf
+            hits += int(score.argmax() == targets[b, p])
+            total += 1
+    return hits / max(total, 1)
+
+
+def neighbours(workdir):
+    """Link 5: ``[(masking, most frequent, count model +-1, count model +-3)]`` on the held-out
+    windows, masked as the run masks them and as BERT does."""
+    import tfpretrain as tp
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    model, export = config["model"], os.path.join(workdir, "export")
+    loaded = tp.load_bert_encoder(f"{export}/encoder", f"{export}/preprocessor",
+                                  seq_length=model["seq_length"])
+    corpus = tp.make_corpus(tp.MlmDataConfig(**config["data"]))
+    windows = {split: tp.mlm.make_windows(corpus[split], loaded.preprocessor, loaded.seq_length)
+               .cache() for split in ("train", "heldout")}
+    train = [tokens.numpy() for tokens, _ in windows["train"]]
+    rows = []
+    for name, masking in (
+            ("the run's", dict(mask_rate=model["mask_rate"], whole_word=model["whole_word"],
+                               max_predictions=model["max_predictions"])),
+            ("BERT's 15% of pieces", dict(mask_rate=0.15, whole_word=False,
+                                          max_predictions=20))):
+        masking = tp.mlm.Masking.from_vocabulary(f"{export}/vocab.txt",
+                                                 seq_length=loaded.seq_length, **masking)
+        heldout = list(tp.mlm.make_mlm_batches(windows["heldout"], masking,
+                                               config["train"]["global_batch_size"],
+                                               seed=config["train"]["seed"]))
+        _, frequent = tp.mlm.most_frequent_token_baseline(windows["train"], heldout, masking)
+        rows.append((name, frequent,
+                     *(count_model_accuracy(train, heldout, masking.vocab_size, offsets)
+                       for offsets in ((-1, 1), (-3, -2, -1, 1, 2, 3)))))
     return rows
 
 
@@ -237,6 +315,11 @@ def main(argv=None):
     print(markdown_table(["", "initial/", "export/"],
                          [(k, f"{geometries['initial'][k]:.3f}", f"{geometries['export'][k]:.3f}")
                           for k in geometries["export"]]))
+    print("\n## 5. What the neighbours give (held-out masked tokens; a count model reads the "
+          "visible pieces at the offsets)\n")
+    print(markdown_table(["masking", "most frequent token", "count model, ±1", "count model, ±3"],
+                         [(name, *(f"{100 * a:.2f}%" for a in accuracies))
+                          for name, *accuracies in neighbours(args.workdir)]))
     return 0
 
 

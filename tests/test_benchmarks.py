@@ -170,3 +170,19 @@ def test_step_profile_reads_op_types_and_scopes_from_a_real_trace(tmp_path):
     assert 0 < shares["dropout"] < 1
     assert 0 < shares["backward pass"] < 1
     assert shares["GELU"] == 0
+
+
+def test_count_model_reads_the_visible_neighbours_and_falls_back_to_frequency():
+    from benchmarks.mlm_handover import count_model_accuracy
+
+    # 5 = "a" is always followed by 6 = "b", then 7 = "c"; 8 is the most frequent piece.
+    train = [np.array([5, 6, 7, 8, 8, 8] * 20)]
+    inputs = {"input_word_ids": np.array([[2, 5, 4, 7, 8, 4, 4, 4, 8, 3]]),
+              "masked_lm_positions": np.array([[2, 6]])}
+    labels = {"masked_lm_ids": np.array([[6, 6]]), "masked_lm_weights": np.array([[1.0, 0.0]])}
+    assert count_model_accuracy(train, [(inputs, labels)], 10, (-1, 1)) == 1.0
+    # Three masked in a row: the outer two read the visible 8 beside them (8 follows and precedes
+    # 8 most often); the middle one has no visible neighbour, so only the frequency (8) is left.
+    inputs["masked_lm_positions"] = np.array([[5, 6, 7]])
+    labels = {"masked_lm_ids": np.array([[8, 6, 8]]), "masked_lm_weights": np.ones((1, 3))}
+    assert count_model_accuracy(train, [(inputs, labels)], 10, (-1, 1)) == 2 / 3

@@ -267,7 +267,8 @@ def test_a_new_bert_is_written_in_float32_under_a_mixed_policy(tmp_path):
     from tfpretrain.pretrain.scratch import build_new_bert
 
     config = SimpleNamespace(vocab_size=60, lower_case=True, seq_length=16, num_layers=1,
-                             num_heads=2, hidden_dim=8, intermediate_dim=16, dropout=0.0)
+                             num_heads=2, hidden_dim=8, intermediate_dim=16, dropout=0.0,
+                             init="random")
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
         encoder, preprocessor = build_new_bert(config, _documents(40, 20),
@@ -292,7 +293,8 @@ def test_a_new_bert_is_drawn_from_its_seed_alone(tmp_path):
     from tfpretrain.pretrain.scratch import build_new_bert
 
     config = SimpleNamespace(vocab_size=60, lower_case=True, seq_length=16, num_layers=1,
-                             num_heads=2, hidden_dim=8, intermediate_dim=16, dropout=0.0)
+                             num_heads=2, hidden_dim=8, intermediate_dim=16, dropout=0.0,
+                             init="random")
 
     def weights(name, draws, seed=42):
         keras.utils.set_random_seed(0)
@@ -304,3 +306,32 @@ def test_a_new_bert_is_drawn_from_its_seed_alone(tmp_path):
     first, second, other = weights("a", 1), weights("b", 5), weights("c", 1, seed=7)
     assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
     assert not all(np.array_equal(a, c) for a, c in zip(first, other, strict=True))
+
+
+def test_local_init_makes_each_head_of_layer_0_attend_to_its_offset():
+    import keras_hub
+
+    from tfpretrain.pretrain.scratch import init_local_attention, neighbour_offsets
+
+    assert neighbour_offsets(5) == [1, -1, 2, -2, 3]
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=500, num_layers=1, num_heads=4,
+                                             hidden_dim=256, intermediate_dim=32,
+                                             max_sequence_length=64)
+    ids = np.random.default_rng(0).integers(5, 500, (1, 64)).astype("int32")
+
+    def attention():
+        embedded = backbone.embeddings_layer_norm(backbone.embeddings_add([
+            backbone.token_embedding(ids), backbone.position_embedding(
+                backbone.token_embedding(ids)), backbone.segment_embedding(np.zeros_like(ids))]))
+        _, scores = backbone.transformer_layers[0]._self_attention_layer(
+            embedded, embedded, return_attention_scores=True)
+        return np.asarray(scores)[0]  # [heads, query, key]
+
+    def share_on_offset(scores):
+        inner = range(4, 60)
+        return [np.mean([scores[h, i, i + offset] for i in inner])
+                for h, offset in enumerate(neighbour_offsets(4))]
+
+    assert max(share_on_offset(attention())) < 0.1  # BERT's random weights: spread out
+    init_local_attention(backbone, seed=0)
+    assert min(share_on_offset(attention())) > 0.7

@@ -74,12 +74,11 @@ def init_local_attention(backbone: Any, seed: int, scale: float = 0.04,
     first ``head_dim / 2`` frequency pairs spread over 0.2-3.0 radians per position so that
     neighbours are told apart, the rest as in "Attention Is All You Need"), times ``scale`` (twice
     the token embeddings' standard deviation, so that position dominates layer 0's queries and
-    keys); head
-    ``h`` of layer 0 gets query and key kernels that rotate those frequencies by its offset
-    (``neighbour_offsets``), so it attends to the piece at that offset, and value/output kernels
-    that copy a ``head_dim``-wide projection of it (disjoint per head, a random orthonormal basis
-    drawn from ``seed``) into the residual stream. Every other weight keeps BERT's
-    initialisation; training is free to change all of them.
+    keys). Head ``h`` of layer 0 gets query and key kernels that rotate those frequencies by its
+    offset (``neighbour_offsets``), so it attends to the piece at that offset, ``sharpness``
+    setting how sharply, and value/output kernels that copy a ``head_dim``-wide projection of it
+    (disjoint per head, a random orthonormal basis drawn from ``seed``) into the residual stream.
+    Every other weight keeps BERT's initialisation; training is free to change all of them.
     """
     import numpy as np
 

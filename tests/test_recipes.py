@@ -260,6 +260,7 @@ from tfpretrain import _entry
 if sys.argv[1] == "unset":
     os.environ.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
 _entry.pool_cpu_memory()
+print("bfc", os.environ["TF_CPU_ALLOCATOR_USE_BFC"])
 import tensorflow as tf
 x = tf.random.uniform([500, 500])
 y = x @ x
@@ -272,19 +273,21 @@ except ValueError as error:  # the default CPU allocator keeps no statistics
 
 def test_entry_points_give_tensorflow_a_pooling_cpu_allocator_unless_told_otherwise():
     """pool_cpu_memory() before TensorFlow loads switches its CPU device to the BFC allocator
-    (which keeps statistics; the default one does not); an explicit value in the environment
-    wins."""
+    (which keeps statistics); an explicit value in the environment wins. Whether TensorFlow's
+    default CPU allocator keeps statistics depends on the machine (seen: not on an AVX2-only AMD
+    EPYC, yes on an AVX-512 Xeon), so the told-otherwise run checks the setting it ran with."""
     from tfpretrain import _entry
 
     environ = {"TF_CPU_ALLOCATOR_USE_BFC": "false"}
     _entry.pool_cpu_memory(environ)
     assert environ == {"TF_CPU_ALLOCATOR_USE_BFC": "false"}
     pooled = run_python(["-c", _ALLOCATOR_STATS, "unset"], timeout=120)
-    assert pooled.returncode == 0 and pooled.stdout.startswith("peak "), pooled.stderr[-2000:]
-    assert int(pooled.stdout.split()[1]) >= 2 * 500 * 500 * 4  # x and y, float32
+    lines = pooled.stdout.splitlines()
+    assert pooled.returncode == 0 and lines[0] == "bfc true", pooled.stderr[-2000:]
+    assert lines[1].startswith("peak ") and int(lines[1].split()[1]) >= 2 * 500 * 500 * 4  # x, y
     told = run_python(["-c", _ALLOCATOR_STATS, "keep"], env={"TF_CPU_ALLOCATOR_USE_BFC": "false"},
                       timeout=120)
-    assert told.returncode == 0 and "Allocator stats not available" in told.stdout, told.stderr
+    assert told.returncode == 0 and told.stdout.startswith("bfc false\n"), told.stderr[-2000:]
 
 
 def test_huge_pages_apply_to_glibc_2_35_and_later_with_transparent_huge_pages_on():

@@ -38,6 +38,8 @@ def build_new_bert(model_config: Any, documents: tf.data.Dataset, directory: str
     if os.path.exists(encoder):
         return encoder, preprocessor
     m = model_config
+    if m.init not in ("random", "local"):  # before the vocabulary, which takes a while
+        raise ValueError(f"model.init must be 'random' or 'local', not {m.init!r}")
     vocab_file = os.path.join(os.path.dirname(os.path.abspath(directory)), "vocab.txt")
     print(f"learning a {m.vocab_size}-token WordPiece vocabulary from the corpus ...", flush=True)
     learn_wordpiece_vocabulary(documents, m.vocab_size, vocab_file, m.lower_case)
@@ -52,8 +54,6 @@ def build_new_bert(model_config: Any, documents: tf.data.Dataset, directory: str
         dtype="float32")  # the initial weights are a float32 encoder under any run policy
     if m.init == "local":
         init_local_attention(backbone, seed)
-    elif m.init != "random":
-        raise ValueError(f"model.init must be 'random' or 'local', not {m.init!r}")
     export_bert_encoder(backbone, encoder)
     return encoder, preprocessor
 
